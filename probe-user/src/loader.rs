@@ -1,0 +1,140 @@
+//! Loading and attaching the kernel programs.
+//!
+//! Offsets of the kernel structs the programs read come from the running kernel's BTF
+//! (`offsets`), and are written into the programs' read-only `OFFSETS` global before the
+//! verifier sees them. Each program is attached on its own: one that fails (hook missing on
+//! this kernel) is reported and the others keep working.
+
+use aya::{Ebpf, EbpfLoader, programs::BtfTracePoint};
+use tracing::{info, warn};
+
+use crate::{btf::Btf, offsets};
+
+/// The compiled kernel programs (built by build.rs from probe-ebpf).
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// BTF-enabled tracepoint (`tp_btf/<name>`); needs kernel BTF, no tracefs.
+    BtfTracepoint(&'static str),
+}
+
+/// A kernel program fathom knows about.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    pub name: &'static str,
+    pub hook: Hook,
+    /// What the program observes, for status output.
+    pub family: &'static str,
+}
+
+/// Every program, in attach order.
+pub const PROGRAMS: &[ProgramSpec] = &[ProgramSpec {
+    name: "oom_mark_victim",
+    hook: Hook::BtfTracepoint("mark_victim"),
+    family: "oom",
+}];
+
+#[derive(Clone, Debug)]
+pub struct ProgramStatus {
+    pub name: &'static str,
+    pub family: &'static str,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Btf(#[from] crate::btf::BtfError),
+    #[error("kernel BTF lacks what fathom needs: {0}")]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("cannot read kernel BTF for loading: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("no program could be attached: {0}")]
+    NothingAttached(String),
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub status: Vec<ProgramStatus>,
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it (< 5.11). Newer
+/// kernels account BPF memory to the memcg and the call may fail without CAP_SYS_RESOURCE.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels >= 5.11");
+    }
+}
+
+/// Loads the object with offsets from `btf_path` and attaches every program it can.
+pub fn load_and_attach(btf_path: &str) -> Result<Loaded, LoadError> {
+    raise_memlock();
+    let btf = Btf::from_file(btf_path)?;
+    let offs = offsets::kernel_offsets(&btf)?;
+    tracing::debug!(?offs, "kernel offsets from BTF");
+    let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offs, true)
+        .load(PROBE_OBJECT)?;
+
+    let mut status = Vec::new();
+    for spec in PROGRAMS {
+        let result = attach_one(&mut ebpf, spec, &aya_btf);
+        match &result {
+            Ok(()) => info!(program = spec.name, "attached"),
+            Err(e) => warn!(program = spec.name, error = %e, "not attached"),
+        }
+        status.push(ProgramStatus {
+            name: spec.name,
+            family: spec.family,
+            attached: result.is_ok(),
+            error: result.err(),
+        });
+    }
+    if !status.iter().any(|s| s.attached) {
+        let why = status
+            .iter()
+            .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(LoadError::NothingAttached(why));
+    }
+    Ok(Loaded { ebpf, status })
+}
+
+fn attach_one(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(spec.name)
+        .ok_or_else(|| format!("program {} missing from the object", spec.name))?;
+    match spec.hook {
+        Hook::BtfTracepoint(tp) => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+            p.load(tp, btf).map_err(|e| error_chain(&e))?;
+            p.attach().map_err(|e| error_chain(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An error with its sources on one line (aya puts the verifier log in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
