@@ -8,7 +8,9 @@ pub unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
     if base.is_null() {
         return Err(-1);
     }
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).map_err(|e| e as i64) }
+    unsafe {
+        bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).map_err(|e| e as i64)
+    }
 }
 
 /// Reads a pointer at `base + off`.

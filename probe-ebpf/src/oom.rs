@@ -81,7 +81,9 @@ unsafe fn fill(ev: *mut OomKillEvent, task: *const u8) {
         Ok(mm) if !mm.is_null() => {
             ev.total_vm_pages = unsafe { read::<u64>(mm, o.mm_total_vm) }.unwrap_or(0);
             let rss = |idx: u32| -> i64 {
-                let off = o.mm_rss_base.wrapping_add(idx.wrapping_mul(o.mm_rss_stride));
+                let off = o
+                    .mm_rss_base
+                    .wrapping_add(idx.wrapping_mul(o.mm_rss_stride));
                 unsafe { read::<i64>(mm, off) }.unwrap_or(0)
             };
             ev.rss_anon_pages = rss(o.mm_rss_anon_idx);
@@ -128,7 +130,8 @@ unsafe fn fill(ev: *mut OomKillEvent, task: *const u8) {
     // is the memcg pointer and parents are found through css->parent.
     ev.memcg_depth = 0;
     if o.memcg_enabled != 0 {
-        let mut css = unsafe { read_ptr(cgroups, o.css_set_memory_css) }.unwrap_or(core::ptr::null());
+        let mut css =
+            unsafe { read_ptr(cgroups, o.css_set_memory_css) }.unwrap_or(core::ptr::null());
         if !css.is_null() {
             ev.flags |= OOM_FLAG_MEMCG_VALID | OOM_FLAG_MEMCG_TRUNCATED;
         }

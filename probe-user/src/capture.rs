@@ -1,9 +1,6 @@
 //! `fathom capture`: live events on a terminal (table) or as JSON lines.
 
-use std::{
-    io::Write,
-    time::Duration,
-};
+use std::{io::Write, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -111,7 +108,9 @@ fn table_row(e: &OomKill) -> String {
             format!(
                 "usage={}/{}",
                 human_bytes(m.usage_bytes),
-                m.limit_bytes.map(human_bytes).unwrap_or_else(|| "max".into())
+                m.limit_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "max".into())
             )
         })
         .unwrap_or_default();
@@ -152,6 +151,9 @@ fn lost_events(ebpf: &aya::Ebpf) -> u64 {
 
 /// Runs the capture until the duration, the count, Ctrl-C or SIGTERM ends it.
 pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives while loading must still end us cleanly.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let mut loaded = loader::load_and_attach(&opts.btf_path)?;
     let attached: Vec<&str> = loaded
         .status
@@ -180,8 +182,6 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut renderer = Renderer::new(stdout.lock(), opts.output);
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,

@@ -123,7 +123,11 @@ fn walk(dir: &Path, rel: &str, out: &mut HashMap<u64, String>) {
     };
     out.insert(
         meta.ino(),
-        if rel.is_empty() { "/".to_string() } else { rel.to_string() },
+        if rel.is_empty() {
+            "/".to_string()
+        } else {
+            rel.to_string()
+        },
     );
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -159,8 +163,14 @@ mod tests {
                  cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n\
                  cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
         let h = Hierarchies::from_mounts(m);
-        assert_eq!(h.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
-        assert_eq!(h.memory.as_deref(), Some(Path::new("/sys/fs/cgroup/memory")));
+        assert_eq!(
+            h.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            h.memory.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory"))
+        );
     }
 
     #[test]
@@ -172,7 +182,10 @@ mod tests {
             "cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,memory 0 0\nbad line\n",
         );
         assert_eq!(h.unified, None);
-        assert_eq!(h.memory.as_deref(), Some(Path::new("/sys/fs/cgroup/memory")));
+        assert_eq!(
+            h.memory.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory"))
+        );
     }
 
     #[test]

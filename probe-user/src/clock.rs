@@ -9,7 +9,10 @@ pub struct BootClock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; both clocks exist on every supported kernel.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -19,7 +22,9 @@ impl BootClock {
     pub fn new() -> Self {
         let boot = clock_ns(libc::CLOCK_BOOTTIME);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Self { realtime_minus_boot_ns: real - boot }
+        Self {
+            realtime_minus_boot_ns: real - boot,
+        }
     }
 
     /// Wall-clock time of a kernel boot-time stamp.

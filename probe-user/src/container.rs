@@ -303,7 +303,9 @@ mod tests {
         .container
         .unwrap();
         assert_eq!((c.id.as_str(), c.runtime), (ID, Runtime::Podman));
-        let c = parse(&format!("/machine.slice/libpod-{ID}.scope")).container.unwrap();
+        let c = parse(&format!("/machine.slice/libpod-{ID}.scope"))
+            .container
+            .unwrap();
         assert_eq!(c.runtime, Runtime::Podman);
     }
 

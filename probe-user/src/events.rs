@@ -205,8 +205,14 @@ pub(crate) mod tests {
             cgroup_chain: [empty; CGROUP_MAX_DEPTH],
             memcg_chain: [empty_m; CGROUP_MAX_DEPTH],
         };
-        ev.cgroup_chain[0] = KLevel { id: 7, name: name("b") };
-        ev.cgroup_chain[1] = KLevel { id: 6, name: name("a") };
+        ev.cgroup_chain[0] = KLevel {
+            id: 7,
+            name: name("b"),
+        };
+        ev.cgroup_chain[1] = KLevel {
+            id: 6,
+            name: name("a"),
+        };
         ev.memcg_chain[0] = KMemcg {
             id: 17,
             max_pages: 16384,
@@ -244,7 +250,10 @@ pub(crate) mod tests {
         assert_eq!(k.oom_score_adj, -500);
         assert_eq!(k.rss_file_pages, 0, "negative per-CPU drift clamps to 0");
         assert_eq!(
-            k.cgroup_chain.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            k.cgroup_chain
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>(),
             ["b", "a"]
         );
         assert_eq!(k.memcg_chain.len(), 3);

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use fathom::{EXIT_PREREQUISITE, btf::Btf, capture, privileges};
 
 #[derive(Parser, Debug)]
-#[command(name = "fathom", version, about = "eBPF observability for container hosts: OOM kills and overlay-network drops, attributed to containers and pods")]
+#[command(
+    name = "fathom",
+    version,
+    about = "eBPF observability for container hosts: OOM kills and overlay-network drops, attributed to containers and pods"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]

@@ -322,7 +322,10 @@ mod tests {
         );
         let e = interp().interpret(&k);
         let m = e.memcg.unwrap();
-        assert_eq!(m.path.as_deref(), Some(format!("/kubepods/pod-x/{ID}").as_str()));
+        assert_eq!(
+            m.path.as_deref(),
+            Some(format!("/kubepods/pod-x/{ID}").as_str())
+        );
         assert_eq!(m.limit_bytes, Some(8192 * PAGE));
         assert_eq!(m.usage_bytes, 8190 * PAGE);
         assert_eq!(e.oom_domain.path, format!("/kubepods/pod-x/{ID}"));

@@ -1,0 +1,88 @@
+//! The `fathom` command line on bad input: one clear line and the documented exit codes.
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use fathom_tests::{fathom::fathom_bin, require_root};
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let out = Command::new(fathom_bin())
+        .args(["capture", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn without_privileges_it_says_what_is_missing_and_exits_2() {
+    require_root!();
+    // Drop to nobody: no capabilities at all.
+    let out = Command::new(fathom_bin())
+        .args(["capture", "--duration", "1s"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
+}
+
+#[test]
+fn missing_btf_is_one_clear_line() {
+    require_root!();
+    let out = Command::new(fathom_bin())
+        .args([
+            "capture",
+            "--duration",
+            "1s",
+            "--btf",
+            "/nonexistent/vmlinux",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.contains("BTF") && last.contains("/nonexistent/vmlinux"),
+        "{err}"
+    );
+}
+
+#[test]
+fn capture_ends_after_duration_with_exit_0() {
+    require_root!();
+    let start = std::time::Instant::now();
+    let out = Command::new(fathom_bin())
+        .args(["capture", "--output", "json", "--duration", "2s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(start.elapsed().as_secs_f64() >= 2.0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fathom: ready: attached oom_mark_victim"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_ends_capture_cleanly() {
+    require_root!();
+    let mut f = fathom_tests::FathomCapture::start(&[]);
+    f.wait_ready(std::time::Duration::from_secs(30));
+    let status = f.stop();
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        f.stderr()
+    );
+}

@@ -1,0 +1,207 @@
+//! fathom's developer tasks, run as `cargo xtask <command>` (alias in .cargo/config.toml).
+//! Every command first runs `setup`, which is quick when the machine is already set up.
+
+mod bench;
+mod cmd;
+mod setup;
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "fathom's developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (runs before every command; needs root).
+    ///
+    /// Nightly toolchain with rust-src, bpf-linker 0.13.0 built against nightly's LLVM, the
+    /// Debian packages the tests use, tracefs and bpffs mounts.
+    Setup,
+    /// `cargo build -p probe-user` (builds the eBPF programs too).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build in release mode, then run `fathom capture [ARGS]`.
+    Run {
+        /// Appended to `fathom capture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Build fathom, then run `cargo test --workspace [ARGS]` with FATHOM_BIN set.
+    ///
+    /// Flags for the test binaries go after a second `--`: `cargo xtask test -- -- --nocapture`.
+    Test {
+        /// Passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace.
+    Lint,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Returns the process exit code.
+fn run(task: Task) -> Result<u8> {
+    let root = workspace_root();
+    let setup_actions = setup::run()?;
+    match task {
+        Task::Setup => {
+            if setup_actions == 0 {
+                println!("setup: ok");
+            }
+            Ok(0)
+        }
+        Task::Build { release } => build(&root, release),
+        Task::Run { args } => {
+            let code = build(&root, true)?;
+            if code != 0 {
+                return Ok(code);
+            }
+            let bin = target_dir(&root).join("release/fathom");
+            let err = Command::new(&bin).arg("capture").args(args).exec();
+            bail!("cannot run {}: {err}", bin.display())
+        }
+        Task::Test { args } => {
+            let code = build(&root, false)?;
+            if code != 0 {
+                return Ok(code);
+            }
+            let st = cmd::status(
+                cmd::cargo()
+                    .args(["test", "--workspace"])
+                    .args(args)
+                    .env("FATHOM_BIN", target_dir(&root).join("debug/fathom"))
+                    .current_dir(&root),
+            )?;
+            Ok(cmd::exit_code(st))
+        }
+        Task::Lint => lint(&root),
+        Task::Bench => bench::run(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+/// `$CARGO_TARGET_DIR` (relative to the root, where cargo runs) or `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+fn build(root: &Path, release: bool) -> Result<u8> {
+    let mut cargo = cmd::cargo();
+    cargo.args(["build", "-p", "probe-user"]).current_dir(root);
+    if release {
+        cargo.arg("--release");
+    }
+    Ok(cmd::exit_code(cmd::status(&mut cargo)?))
+}
+
+/// Runs every check, then fails if any did. `cargo fmt --all` also covers probe-ebpf, which is
+/// outside the workspace but a path build-dependency of probe-user.
+fn lint(root: &Path) -> Result<u8> {
+    let checks: [(&str, &[&str]); 2] = [
+        ("cargo fmt", &["fmt", "--all", "--", "--check"]),
+        (
+            "cargo clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, args) in checks {
+        if !cmd::status(cmd::cargo().args(args).current_dir(root))?.success() {
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn test_args(argv: &[&str]) -> Vec<OsString> {
+        match Cli::try_parse_from(argv).unwrap().command {
+            Task::Test { args } => args,
+            _ => panic!("not a test command"),
+        }
+    }
+
+    #[test]
+    fn extra_args_reach_cargo_test() {
+        assert!(test_args(&["xtask", "test"]).is_empty());
+        assert_eq!(test_args(&["xtask", "test", "--", "oom"]), ["oom"]);
+        assert_eq!(
+            test_args(&["xtask", "test", "--", "oom", "--", "--nocapture"]),
+            ["oom", "--", "--nocapture"]
+        );
+        assert_eq!(
+            test_args(&["xtask", "test", "--", "--", "--test-threads=1"]),
+            ["--", "--test-threads=1"]
+        );
+    }
+
+    #[test]
+    fn run_args_follow_capture() {
+        let Task::Run { args } = Cli::try_parse_from(["xtask", "run", "--", "--json", "-v"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a run command")
+        };
+        assert_eq!(args, ["--json", "-v"]);
+    }
+}
