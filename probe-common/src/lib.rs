@@ -7,8 +7,10 @@
 //! running kernel's BTF and hands them to the programs in [`KernelOffsets`].
 #![no_std]
 
+pub mod net;
 pub mod oom;
 
+pub use net::*;
 pub use oom::*;
 
 /// Tag at the start of every ring-buffer record; tells userspace how to decode the rest.
@@ -16,12 +18,14 @@ pub use oom::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     OomKill = 1,
+    PacketDrop = 2,
 }
 
 impl EventKind {
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::OomKill),
+            2 => Some(Self::PacketDrop),
             _ => None,
         }
     }

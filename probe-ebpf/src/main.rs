@@ -13,11 +13,14 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod drops;
 mod kread;
 mod maps;
+mod netdev;
+mod netns;
 mod oom;
 
-use probe_common::KernelOffsets;
+use probe_common::{KernelOffsets, NetConfig, NetOffsets};
 
 /// Overridden by userspace at load time (`EbpfLoader::override_global("OFFSETS", ..)`).
 #[unsafe(no_mangle)]
@@ -31,6 +34,24 @@ fn offsets() -> KernelOffsets {
 }
 
 /// Host builds (clippy, `cargo test --workspace`) only type-check the programs.
+/// Offsets for the network programs (`override_global("NET_OFFSETS", ..)`).
+#[unsafe(no_mangle)]
+static NET_OFFSETS: NetOffsets = NetOffsets::zeroed();
+
+/// Settings of the network programs (`override_global("NET_CONFIG", ..)`).
+#[unsafe(no_mangle)]
+static NET_CONFIG: NetConfig = NetConfig::zeroed();
+
+#[inline(always)]
+fn net_offsets() -> NetOffsets {
+    unsafe { core::ptr::read_volatile(&NET_OFFSETS) }
+}
+
+#[inline(always)]
+fn net_config() -> NetConfig {
+    unsafe { core::ptr::read_volatile(&NET_CONFIG) }
+}
+
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 

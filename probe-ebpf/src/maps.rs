@@ -2,22 +2,68 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use probe_common::{Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_SLOTS, VxlanDev};
 
 /// Ring buffer of event records (`probe_common::EventHeader` first). 1 MiB: an OOM record is
-/// ~3 KiB, so a few hundred kills fit even when userspace is briefly descheduled.
+/// ~3 KiB, a drop sample ~200 B.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Records that could not be reserved in [`EVENTS`], indexed by `EventKind`.
+/// Records that could not be reserved in [`EVENTS`] (ring full), indexed by `EventKind`.
 #[map]
 pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 
+/// Records not produced because a rate limit refused them, indexed by `EventKind`.
+#[map]
+pub static EVENTS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+
+/// Drops by (netns, device, reason, protocol, call site).
+#[map]
+pub static DROPS: PerCpuHashMap<DropKey, Counter> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Fragments and VXLAN traffic by (netns, device, direction).
+#[map]
+pub static IF_COUNTS: PerCpuHashMap<IfKey, IfCounters> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// VXLAN devices and their underlay MTU, maintained by userspace from netlink.
+#[map]
+pub static VXLAN_DEVS: HashMap<DevKey, VxlanDev> = HashMap::with_max_entries(4096, 0);
+
+/// Health counters of the network programs (`NET_STAT_*` slots).
+#[map]
+pub static NET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_STAT_SLOTS, 0);
+
+/// Per-CPU token bucket state of the drop-event rate limit.
+#[repr(C)]
+pub struct RateState {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+#[map]
+pub static DROP_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, slot: u32) {
+    if let Some(v) = map.get_ptr_mut(slot) {
+        // Per-CPU slot: no other writer can race with this increment.
+        unsafe { *v += 1 };
+    }
+}
+
 #[inline(always)]
 pub fn count_lost(kind: u32) {
-    if let Some(slot) = EVENTS_LOST.get_ptr_mut(kind) {
-        // Per-CPU slot: no other writer can race with this increment.
-        unsafe { *slot += 1 };
-    }
+    bump(&EVENTS_LOST, kind);
+}
+
+#[inline(always)]
+pub fn count_suppressed(kind: u32) {
+    bump(&EVENTS_SUPPRESSED, kind);
+}
+
+#[inline(always)]
+pub fn net_stat(slot: u32) {
+    bump(&NET_STATS, slot);
 }

@@ -1,22 +1,14 @@
 //! `fathom capture`: live events on a terminal (table) or as JSON lines.
 
-use std::{io::Write, time::Duration};
+use std::{io::Write, ops::ControlFlow, time::Duration};
 
-use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::warn;
 
 use crate::{
     READY_MARKER,
-    cgroup::{Hierarchies, Resolver},
-    clock::BootClock,
-    events::{self, RawEvent},
-    loader,
-    oom::{OomInterpreter, OomKill},
+    oom::OomKill,
+    pipeline::{Event, EventSink, Pipeline, PipelineOptions, SinkError},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -135,18 +127,32 @@ fn short(s: &str, n: usize) -> &str {
     s.get(..n).unwrap_or(s)
 }
 
-/// Sum of the per-CPU `EVENTS_LOST` counters.
-fn lost_events(ebpf: &aya::Ebpf) -> u64 {
-    let Some(map) = ebpf.map("EVENTS_LOST") else {
-        return 0;
-    };
-    let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
-        return 0;
-    };
-    (0..8u32)
-        .filter_map(|i| arr.get(&i, 0).ok())
-        .map(|v| v.iter().sum::<u64>())
-        .sum()
+/// Capture's sink: renders every event and counts them against `--count`.
+struct RenderSink<W: Write> {
+    renderer: Renderer<W>,
+    count: Option<u64>,
+    printed: u64,
+}
+
+impl<W: Write> EventSink for RenderSink<W> {
+    fn handle(&mut self, event: Event) -> Result<ControlFlow<()>, SinkError> {
+        let written = match &event {
+            Event::OomKill(e) => self.renderer.oom(e),
+        };
+        match written {
+            Ok(()) => self.printed += 1,
+            // The reader went away (`fathom capture | head`): a normal end, not an error.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Ok(ControlFlow::Break(()));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        Ok(if self.count.is_some_and(|c| self.printed >= c) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
 }
 
 /// Runs the capture until the duration, the count, Ctrl-C or SIGTERM ends it.
@@ -154,93 +160,48 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives while loading must still end us cleanly.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut loaded = loader::load_and_attach(&opts.btf_path)?;
-    let attached: Vec<&str> = loaded
-        .status
-        .iter()
-        .filter(|s| s.attached)
-        .map(|s| s.name)
-        .collect();
-    eprintln!("{READY_MARKER}: attached {}", attached.join(", "));
-
-    let hier = Hierarchies::detect();
-    let mut interp = OomInterpreter::new(
-        BootClock::new(),
-        page_size(),
-        hier.unified.clone().map(Resolver::new),
-        hier.memory.clone().map(Resolver::new),
+    let mut pipeline = Pipeline::start(&PipelineOptions {
+        btf_path: opts.btf_path.clone(),
+    })?;
+    eprintln!(
+        "{READY_MARKER}: attached {}",
+        pipeline.kernel().attached().join(", ")
     );
 
-    let ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map("EVENTS")
-            .context("EVENTS map missing from the BPF object")?,
-    )?;
-    #[allow(deprecated)]
-    let mut ring = AsyncFd::with_interest(ring, Interest::READABLE)?;
     let stdout = std::io::stdout();
-    let mut renderer = Renderer::new(stdout.lock(), opts.output);
-
-    let deadline = async {
-        match opts.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+    let mut sink = RenderSink {
+        renderer: Renderer::new(stdout.lock(), opts.output),
+        count: opts.count,
+        printed: 0,
+    };
+    let stop = async {
+        let deadline = async {
+            match opts.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+            _ = deadline => {}
         }
     };
-    tokio::pin!(deadline);
-
-    let mut printed = 0u64;
-    'outer: loop {
-        if opts.count.is_some_and(|c| printed >= c) {
-            break;
-        }
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match events::decode(&item) {
-                        Ok(RawEvent::OomKill(k)) => {
-                            let e = interp.interpret(&k);
-                            if let Err(err) = renderer.oom(&e) {
-                                if err.kind() == std::io::ErrorKind::BrokenPipe {
-                                    break 'outer;
-                                }
-                                return Err(err.into());
-                            }
-                            printed += 1;
-                        }
-                        Err(err) => warn!(error = %err, "undecodable event"),
-                    }
-                    if opts.count.is_some_and(|c| printed >= c) {
-                        break 'outer;
-                    }
-                }
-                guard.clear_ready();
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = &mut deadline => break,
-        }
+    if opts.count != Some(0) {
+        pipeline.run(&mut sink, stop).await?;
     }
-    let lost = lost_events(&loaded.ebpf);
+    let lost = pipeline.kernel().events_lost_total();
     if lost > 0 {
         warn!(lost, "events lost because the ring buffer was full");
     }
-    eprintln!("fathom: {printed} events, {lost} lost");
+    eprintln!("fathom: {} events, {lost} lost", sink.printed);
     Ok(())
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{clock::BootClock, oom::OomInterpreter};
 
     #[test]
     fn human_bytes_units() {
@@ -254,7 +215,10 @@ mod tests {
         let mut ev = crate::events::tests::sample_record();
         ev.header.boot_ns = 1;
         let crate::events::RawEvent::OomKill(k) =
-            crate::events::decode(&crate::events::tests::as_bytes(&ev)).unwrap();
+            crate::events::decode(&crate::events::tests::as_bytes(&ev)).unwrap()
+        else {
+            panic!("not an OOM record")
+        };
         let mut interp = OomInterpreter::new(BootClock::new(), 4096, None, None);
         let e = interp.interpret(&k);
 

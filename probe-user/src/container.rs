@@ -5,10 +5,16 @@
 //! Layouts recognised (the Kubernetes part may sit below any prefix, e.g. a kind node's own
 //! cgroup):
 //! - cgroupfs:  `/kubepods[/burstable|/besteffort]/pod<uid>/<container>`
-//! - systemd:   `/kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice/<container>`
+//! - systemd:   `/kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice/<container>`,
+//!   also with the kubelet's `--cgroup-root` prefix (`/kubelet.slice/kubelet-kubepods.slice/…`)
 //! - containers: `<64-hex>` (raw, cgroupfs), `docker-<id>.scope`, `cri-containerd-<id>.scope`,
 //!   `crio-<id>.scope`, `libpod-<id>.scope`, `/docker/<id>`, `/<containerd namespace>/<id>`,
-//!   `libpod-<id>` (cgroupfs) and podman's nested `libpod-<id>.scope/container`.
+//!   `libpod-<id>` (cgroupfs), podman's nested `libpod-<id>.scope/container` and nerdctl's
+//!   `nerdctl-<id>.scope`.
+//!
+//! The runtime named here is what the *path* says; a bare id under an arbitrary parent is
+//! reported as containerd (its `/<namespace>/<id>` layout) but may belong to any runtime run
+//! with a custom cgroup parent. [`crate::attribution`] asks the runtimes and corrects it.
 
 use serde::Serialize;
 
@@ -110,12 +116,13 @@ fn strip_id<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 fn container_in(name: &str, parent: Option<&str>) -> Option<(String, Runtime)> {
-    const PREFIXED: [(&str, Runtime); 5] = [
+    const PREFIXED: [(&str, Runtime); 6] = [
         ("docker-", Runtime::Docker),
         ("cri-containerd-", Runtime::Containerd),
         ("crio-", Runtime::CriO),
         ("libpod-", Runtime::Podman),
         ("containerd-", Runtime::Containerd),
+        ("nerdctl-", Runtime::Containerd),
     ];
     for (prefix, runtime) in PREFIXED {
         if let Some(id) = strip_id(name, prefix) {
@@ -136,20 +143,23 @@ fn container_in(name: &str, parent: Option<&str>) -> Option<(String, Runtime)> {
     None
 }
 
-/// `pod<uid>` (cgroupfs) or `kubepods[-<qos>]-pod<uid_>.slice` (systemd) → (uid, qos from the
-/// name when the systemd form carries it).
+/// `pod<uid>` (cgroupfs) or `<prefix>kubepods[-<qos>]-pod<uid_>.slice` (systemd) → (uid, qos
+/// from the name when the systemd form carries it). The systemd prefix is empty by default and
+/// `<root>-` when the kubelet runs with `--cgroup-root=/<root>` (kind nodes: `kubelet-`).
 fn pod_in(name: &str) -> Option<(String, Option<Qos>)> {
     let (uid, qos) = if let Some(slice) = name.strip_suffix(".slice") {
-        let rest = slice.strip_prefix("kubepods-")?;
-        if let Some(uid) = rest.strip_prefix("burstable-pod") {
-            (uid, Some(Qos::Burstable))
-        } else if let Some(uid) = rest.strip_prefix("besteffort-pod") {
-            (uid, Some(Qos::BestEffort))
-        } else if let Some(uid) = rest.strip_prefix("pod") {
-            (uid, Some(Qos::Guaranteed))
+        let i = slice.rfind("-pod")?;
+        let (outer, uid) = (&slice[..i], &slice[i + "-pod".len()..]);
+        let qos = if outer.ends_with("kubepods-burstable") {
+            Qos::Burstable
+        } else if outer.ends_with("kubepods-besteffort") {
+            Qos::BestEffort
+        } else if outer.ends_with("kubepods") {
+            Qos::Guaranteed
         } else {
             return None;
-        }
+        };
+        (uid, Some(qos))
     } else {
         (name.strip_prefix("pod")?, None)
     };
@@ -162,14 +172,17 @@ fn pod_in(name: &str) -> Option<(String, Option<Qos>)> {
 
 fn qos_dir(name: &str) -> Option<Qos> {
     match name {
-        "burstable" | "kubepods-burstable.slice" => Some(Qos::Burstable),
-        "besteffort" | "kubepods-besteffort.slice" => Some(Qos::BestEffort),
+        "burstable" => Some(Qos::Burstable),
+        "besteffort" => Some(Qos::BestEffort),
+        n if n.ends_with("kubepods-burstable.slice") => Some(Qos::Burstable),
+        n if n.ends_with("kubepods-besteffort.slice") => Some(Qos::BestEffort),
         _ => None,
     }
 }
 
+/// `kubepods` (cgroupfs) or `[<root>-]kubepods.slice` (systemd; see [`pod_in`]).
 fn is_kubepods(name: &str) -> bool {
-    name == "kubepods" || name == "kubepods.slice"
+    name == "kubepods" || name == "kubepods.slice" || name.ends_with("-kubepods.slice")
 }
 
 /// Parses a cgroup path (absolute or relative to a hierarchy root).
@@ -328,6 +341,125 @@ mod tests {
         assert_eq!(scope_of("/system.slice"), Scope::Cgroup);
     }
 
+    /// Paths as the runtimes create them (collected from real hosts: Docker 20.10-28 with both
+    /// drivers, containerd 1.6/1.7 CRI, CRI-O 1.2x, podman 4 rootful/rootless, kind, k3s).
+    #[test]
+    fn real_samples_from_each_runtime() {
+        let uid_ = UID.replace('-', "_");
+        /// (path, (runtime, whether the id is `ID`) of the container, pod QoS).
+        type Case = (String, Option<(Runtime, bool)>, Option<Qos>);
+        let cases: Vec<Case> = vec![
+            // Docker, cgroupfs and systemd drivers.
+            (format!("/docker/{ID}"), Some((Runtime::Docker, true)), None),
+            (
+                format!("/system.slice/docker-{ID}.scope"),
+                Some((Runtime::Docker, true)),
+                None,
+            ),
+            // containerd without Kubernetes (ctr: /<namespace>/<id>; nerdctl with systemd).
+            (
+                format!("/default/{ID}"),
+                Some((Runtime::Containerd, true)),
+                None,
+            ),
+            (
+                format!("/system.slice/nerdctl-{ID}.scope"),
+                Some((Runtime::Containerd, true)),
+                None,
+            ),
+            // Kubernetes + containerd, cgroupfs (k3s, GKE COS) and systemd (kubeadm) drivers.
+            (
+                format!("/kubepods/besteffort/pod{UID}/{ID}"),
+                Some((Runtime::Unknown, true)),
+                Some(Qos::BestEffort),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some((Runtime::Containerd, true)),
+                Some(Qos::BestEffort),
+            ),
+            // kind: the kubelet's --cgroup-root=/kubelet prefixes every systemd unit name.
+            (
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some((Runtime::Containerd, true)),
+                Some(Qos::Burstable),
+            ),
+            (
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some((Runtime::Containerd, true)),
+                Some(Qos::Guaranteed),
+            ),
+            // Old kind (cgroup v1): the node is itself a docker container.
+            (
+                format!(
+                    "/docker/{ID}/kubepods/burstable/pod{UID}/{}",
+                    ID.replace('0', "f")
+                ),
+                Some((Runtime::Unknown, false)),
+                Some(Qos::Burstable),
+            ),
+            // CRI-O (systemd), its conmon scope (no container), cri-dockerd.
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/crio-{ID}.scope"
+                ),
+                Some((Runtime::CriO, true)),
+                Some(Qos::Burstable),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/crio-conmon-{ID}.scope"
+                ),
+                None,
+                Some(Qos::Burstable),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{uid_}.slice/docker-{ID}.scope"),
+                Some((Runtime::Docker, true)),
+                Some(Qos::Guaranteed),
+            ),
+            // podman: rootful systemd, rootless (nested /container), cgroupfs.
+            (
+                format!("/machine.slice/libpod-{ID}.scope"),
+                Some((Runtime::Podman, true)),
+                None,
+            ),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+                ),
+                Some((Runtime::Podman, true)),
+                None,
+            ),
+            (
+                format!("/libpod_parent/libpod-{ID}"),
+                Some((Runtime::Podman, true)),
+                None,
+            ),
+        ];
+        for (path, container, qos) in cases {
+            let w = parse(&path);
+            match (container, &w.container) {
+                (Some((rt, same_id)), Some(c)) => {
+                    assert_eq!(c.runtime, rt, "{path}");
+                    assert_eq!(c.id == ID, same_id, "{path}");
+                }
+                (None, None) => {}
+                (want, got) => panic!("{path}: want {want:?}, got {got:?}"),
+            }
+            assert_eq!(w.pod.as_ref().map(|p| p.qos), qos, "{path}");
+            if let Some(p) = &w.pod {
+                assert_eq!(p.uid, UID, "{path}");
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_odd_input() {
         for p in [
@@ -340,6 +472,88 @@ mod tests {
         ] {
             let _ = parse(p);
             let _ = scope_of(p);
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Pieces that real paths are made of, so random paths hit the interesting branches.
+        fn component() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9_.@-]{0,12}",
+                Just("kubepods".to_string()),
+                Just("kubepods.slice".to_string()),
+                Just("burstable".to_string()),
+                Just("kubepods-besteffort.slice".to_string()),
+                "pod[0-9a-f_-]{0,40}",
+                "kubepods(-burstable|-besteffort)?-pod[0-9a-f_]{0,40}\\.slice",
+                "(docker-|crio-|cri-containerd-|libpod-)?[0-9a-f]{60,66}(\\.scope)?",
+                "\\PC{0,8}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// Arbitrary bytes-as-text never panic, and whatever is found is well-formed.
+            #[test]
+            fn arbitrary_text_never_panics(p in "\\PC{0,200}") {
+                let w = parse(&p);
+                let _ = scope_of(&p);
+                if let Some(c) = w.container { prop_assert_eq!(c.id.len(), 64); }
+            }
+
+            #[test]
+            fn structured_paths_never_panic(parts in prop::collection::vec(component(), 0..8)) {
+                let p = format!("/{}", parts.join("/"));
+                let w = parse(&p);
+                let n = p.split('/').filter(|c| !c.is_empty()).count();
+                if let Some(c) = &w.container {
+                    prop_assert!(c.component < n);
+                    prop_assert!(is_hex_id(&c.id));
+                }
+                if let Some(pod) = &w.pod {
+                    prop_assert!(pod.component < n);
+                    prop_assert!(!pod.uid.contains('_'));
+                }
+                let _ = scope_of(&p);
+            }
+
+            /// Any prefix, any QoS, either driver: the pod UID, QoS and container id come back.
+            #[test]
+            fn kube_layouts_round_trip(
+                prefix in prop::collection::vec("[a-z0-9-]{1,10}", 0..3),
+                qos in prop_oneof![Just(Qos::Guaranteed), Just(Qos::Burstable), Just(Qos::BestEffort)],
+                uid in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                id in "[0-9a-f]{64}",
+                systemd in any::<bool>(),
+            ) {
+                let mut p = String::new();
+                for c in &prefix { p.push('/'); p.push_str(c); }
+                if systemd {
+                    let u = uid.replace('-', "_");
+                    match qos {
+                        Qos::Guaranteed => p.push_str(&format!("/kubepods.slice/kubepods-pod{u}.slice")),
+                        q => {
+                            let q = q.as_str();
+                            p.push_str(&format!("/kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{u}.slice"));
+                        }
+                    }
+                    p.push_str(&format!("/cri-containerd-{id}.scope"));
+                } else {
+                    p.push_str("/kubepods");
+                    if qos != Qos::Guaranteed { p.push('/'); p.push_str(qos.as_str()); }
+                    p.push_str(&format!("/pod{uid}/{id}"));
+                }
+                let w = parse(&p);
+                let pod = w.pod.expect("pod");
+                prop_assert_eq!(&pod.uid, &uid);
+                prop_assert_eq!(pod.qos, qos);
+                prop_assert_eq!(w.container.expect("container").id, id);
+                prop_assert_eq!(scope_of(&p), Scope::Container);
+            }
         }
     }
 }

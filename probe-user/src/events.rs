@@ -1,8 +1,8 @@
 //! Decoding of ring-buffer records into typed events.
 
 use probe_common::{
-    CGROUP_NAME_LEN, EventHeader, EventKind, OOM_FLAG_CGROUP_TRUNCATED, OOM_FLAG_MEMCG_TRUNCATED,
-    OOM_FLAG_MEMCG_VALID, OOM_FLAG_NO_MM, OomKillEvent,
+    CGROUP_NAME_LEN, DropKey, EventHeader, EventKind, OOM_FLAG_CGROUP_TRUNCATED,
+    OOM_FLAG_MEMCG_TRUNCATED, OOM_FLAG_MEMCG_VALID, OOM_FLAG_NO_MM, OomKillEvent, PacketDropEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,9 +62,21 @@ pub struct RawOomKill {
     pub memcg_truncated: bool,
 }
 
+/// One dropped packet as sampled by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawPacketDrop {
+    pub boot_ns: u64,
+    pub key: DropKey,
+    pub sk_cgroup_id: u64,
+    pub len: u32,
+    /// Packet bytes from the network header on (at most `DROP_SNAP_LEN`).
+    pub data: Vec<u8>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     OomKill(Box<RawOomKill>),
+    PacketDrop(Box<RawPacketDrop>),
 }
 
 /// Text up to the first NUL, lossily decoded.
@@ -98,6 +110,17 @@ pub fn decode(data: &[u8]) -> Result<RawEvent, DecodeError> {
         EventKind::OomKill => {
             let ev: OomKillEvent = read_record(data, kind)?;
             Ok(RawEvent::OomKill(Box::new(decode_oom(&ev))))
+        }
+        EventKind::PacketDrop => {
+            let ev: PacketDropEvent = read_record(data, kind)?;
+            let snap = (ev.snap_len as usize).min(ev.data.len());
+            Ok(RawEvent::PacketDrop(Box::new(RawPacketDrop {
+                boot_ns: ev.header.boot_ns,
+                key: ev.key,
+                sk_cgroup_id: ev.sk_cgroup_id,
+                len: ev.len,
+                data: ev.data[..snap].to_vec(),
+            })))
         }
     }
 }
@@ -244,7 +267,9 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_an_oom_record() {
-        let RawEvent::OomKill(k) = decode(&as_bytes(&sample_record())).unwrap();
+        let RawEvent::OomKill(k) = decode(&as_bytes(&sample_record())).unwrap() else {
+            panic!("not an OOM kill")
+        };
         assert_eq!(k.victim_pid, 100);
         assert_eq!(k.victim_comm, "alloc");
         assert_eq!(k.oom_score_adj, -500);
@@ -278,7 +303,9 @@ pub(crate) mod tests {
         let mut ev = sample_record();
         ev.cgroup_depth = 1000;
         ev.memcg_depth = 1000;
-        let RawEvent::OomKill(k) = decode(&as_bytes(&ev)).unwrap();
+        let RawEvent::OomKill(k) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("not an OOM kill")
+        };
         assert_eq!(k.cgroup_chain.len(), CGROUP_MAX_DEPTH);
         assert_eq!(k.memcg_chain.len(), CGROUP_MAX_DEPTH);
     }
@@ -287,8 +314,54 @@ pub(crate) mod tests {
     fn invalid_memcg_gives_empty_chain() {
         let mut ev = sample_record();
         ev.flags = 0;
-        let RawEvent::OomKill(k) = decode(&as_bytes(&ev)).unwrap();
+        let RawEvent::OomKill(k) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("not an OOM kill")
+        };
         assert!(k.memcg_chain.is_empty());
+    }
+
+    #[test]
+    fn decodes_a_drop_record_and_clamps_snap_len() {
+        let mut ev = PacketDropEvent {
+            header: EventHeader {
+                kind: EventKind::PacketDrop as u32,
+                size: size_of::<PacketDropEvent>() as u32,
+                boot_ns: 9,
+            },
+            key: DropKey {
+                netns: 4026531840,
+                ifindex: 1,
+                reason: 3,
+                l3_proto: 0x0800,
+                l4_proto: 17,
+                _pad: 0,
+                location: 0xffff_ffff_8100_0000,
+            },
+            sk_cgroup_id: 0,
+            len: 60,
+            snap_len: 60,
+            data: [7; probe_common::DROP_SNAP_LEN],
+        };
+        // SAFETY: repr(C) plain data without padding.
+        let bytes = |ev: &PacketDropEvent| {
+            unsafe {
+                std::slice::from_raw_parts(
+                    (ev as *const PacketDropEvent).cast::<u8>(),
+                    size_of_val(ev),
+                )
+            }
+            .to_vec()
+        };
+        let RawEvent::PacketDrop(d) = decode(&bytes(&ev)).unwrap() else {
+            panic!("not a drop")
+        };
+        assert_eq!(d.data.len(), 60);
+        assert_eq!(d.key.reason, 3);
+        ev.snap_len = 10_000;
+        let RawEvent::PacketDrop(d) = decode(&bytes(&ev)).unwrap() else {
+            panic!("not a drop")
+        };
+        assert_eq!(d.data.len(), probe_common::DROP_SNAP_LEN);
     }
 
     #[test]

@@ -2,19 +2,29 @@
 //! what they report to cgroups / containers / pods, and renders it (`capture`) or exports it.
 //!
 //! Data flow: [`loader`] (BTF offsets → load → attach) → [`events`] (decode ring records) →
-//! [`oom`] (OOM domain, paths) with [`cgroup`] / [`container`] (attribution) → [`capture`]
-//! (table / JSON lines).
+//! [`oom`] (OOM domain, paths) with [`cgroup`] / [`container`] (attribution), driven by
+//! [`pipeline`] (one loaded object, one ring-buffer loop, typed events) → sinks: [`capture`]
+//! (table / JSON lines) or [`metrics`] behind [`serve`] (Prometheus exporter).
 
+pub mod attribution;
 pub mod btf;
 pub mod capture;
 pub mod cgroup;
 pub mod clock;
 pub mod container;
+pub mod drop_reason;
 pub mod events;
+pub mod kallsyms;
 pub mod loader;
+pub mod metrics;
+pub mod net;
+pub mod net_counters;
 pub mod offsets;
 pub mod oom;
+pub mod packet;
+pub mod pipeline;
 pub mod privileges;
+pub mod serve;
 
 /// Printed on stderr once every program that can attach is attached; tests wait for it.
 pub const READY_MARKER: &str = "fathom: ready";

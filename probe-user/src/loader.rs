@@ -8,6 +8,8 @@
 use aya::{Ebpf, EbpfLoader, programs::BtfTracePoint};
 use tracing::{info, warn};
 
+use probe_common::{NetConfig, NetOffsets};
+
 use crate::{btf::Btf, offsets};
 
 /// The compiled kernel programs (built by build.rs from probe-ebpf).
@@ -30,11 +32,49 @@ pub struct ProgramSpec {
 }
 
 /// Every program, in attach order.
-pub const PROGRAMS: &[ProgramSpec] = &[ProgramSpec {
-    name: "oom_mark_victim",
-    hook: Hook::BtfTracepoint("mark_victim"),
-    family: "oom",
-}];
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        name: "oom_mark_victim",
+        hook: Hook::BtfTracepoint("mark_victim"),
+        family: "oom",
+    },
+    ProgramSpec {
+        name: "skb_kfree_skb",
+        hook: Hook::BtfTracepoint("kfree_skb"),
+        family: "net",
+    },
+    ProgramSpec {
+        name: "net_dev_start_xmit",
+        hook: Hook::BtfTracepoint("net_dev_start_xmit"),
+        family: "net",
+    },
+    ProgramSpec {
+        name: "netif_receive_skb",
+        hook: Hook::BtfTracepoint("netif_receive_skb"),
+        family: "net",
+    },
+];
+
+/// Settings for loading.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Kernel BTF to compute struct offsets from.
+    pub btf_path: String,
+    /// Drop events per second per CPU let into the ring buffer (the counts are always exact).
+    pub drop_events_per_sec: u64,
+    /// Burst allowance of that rate limit.
+    pub drop_events_burst: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            btf_path: Btf::VMLINUX.to_string(),
+            drop_events_per_sec: 100,
+            drop_events_burst: 200,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ProgramStatus {
@@ -78,19 +118,42 @@ fn raise_memlock() {
 
 /// Loads the object with offsets from `btf_path` and attaches every program it can.
 pub fn load_and_attach(btf_path: &str) -> Result<Loaded, LoadError> {
+    load_with(&LoadOptions {
+        btf_path: btf_path.to_string(),
+        ..LoadOptions::default()
+    })
+}
+
+/// Loads the object as `opts` says and attaches every program it can.
+pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     raise_memlock();
-    let btf = Btf::from_file(btf_path)?;
+    let btf = Btf::from_file(&opts.btf_path)?;
     let offs = offsets::kernel_offsets(&btf)?;
     tracing::debug!(?offs, "kernel offsets from BTF");
-    let aya_btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())?;
+    // The network programs need their own members; without them only they are skipped.
+    let net_offs = offsets::net_offsets(&btf);
+    if let Err(e) = &net_offs {
+        warn!(error = %e, "network programs disabled");
+    }
+    let net_config = NetConfig {
+        drop_events_per_sec: opts.drop_events_per_sec,
+        drop_events_burst: opts.drop_events_burst.max(1),
+    };
+    let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default())?;
+    let net_offs_value = net_offs.as_ref().copied().unwrap_or(NetOffsets::zeroed());
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offs, true)
+        .override_global("NET_OFFSETS", &net_offs_value, true)
+        .override_global("NET_CONFIG", &net_config, true)
         .load(PROBE_OBJECT)?;
 
     let mut status = Vec::new();
     for spec in PROGRAMS {
-        let result = attach_one(&mut ebpf, spec, &aya_btf);
+        let result = match (&net_offs, spec.family) {
+            (Err(e), "net") => Err(format!("kernel BTF lacks what it needs: {e}")),
+            _ => attach_one(&mut ebpf, spec, &aya_btf),
+        };
         match &result {
             Ok(()) => info!(program = spec.name, "attached"),
             Err(e) => warn!(program = spec.name, error = %e, "not attached"),

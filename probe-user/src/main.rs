@@ -2,8 +2,10 @@
 
 use std::{process::ExitCode, time::Duration};
 
+use std::net::SocketAddr;
+
 use clap::{Parser, Subcommand};
-use fathom::{EXIT_PREREQUISITE, btf::Btf, capture, privileges};
+use fathom::{EXIT_PREREQUISITE, btf::Btf, capture, privileges, serve};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +44,32 @@ enum Command {
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
     },
+    /// Export metrics for Prometheus (what the DaemonSet runs): /metrics, /healthz, /readyz.
+    Serve {
+        /// Address and port to serve on (all interfaces by default: Prometheus scrapes the pod
+        /// IP). Port 0 picks a free port; the ready line on stderr names it.
+        #[arg(long, default_value = serve::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Node name on fathom_build_info [default: $NODE_NAME, else the hostname].
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// How long the series of a gone pod / container / cgroup stay after their last
+        /// change (e.g. 5m, 90s).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        series_ttl: Duration,
+        /// Leave out the namespace/pod/container/cgroup labels (one series per scope; for
+        /// very large nodes).
+        #[arg(long)]
+        no_workload_labels: bool,
+        /// Make the kernel count program run time while fathom runs, for
+        /// fathom_bpf_program_run_seconds_total / _runs_total (costs ~20 ns per run; the
+        /// sysctl kernel.bpf_stats_enabled is not touched).
+        #[arg(long)]
+        bpf_stats: bool,
+        /// Kernel BTF to read struct offsets from.
+        #[arg(long, default_value = Btf::VMLINUX, hide = true)]
+        btf: String,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -54,6 +82,23 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Errors the user fixes by changing how fathom is started (exit code 2): no kernel BTF, a
+/// listen address that is taken.
+fn is_prerequisite(e: &anyhow::Error) -> bool {
+    use fathom::{loader::LoadError, pipeline::PipelineError};
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<LoadError>()
+            .is_some_and(|l| matches!(l, LoadError::Btf(_)))
+            || cause
+                .downcast_ref::<PipelineError>()
+                .is_some_and(PipelineError::is_prerequisite)
+            || cause
+                .downcast_ref::<serve::ServeError>()
+                .is_some_and(serve::ServeError::is_prerequisite)
+    })
 }
 
 fn main() -> ExitCode {
@@ -88,13 +133,30 @@ fn main() -> ExitCode {
             count,
             btf_path: btf,
         })),
+        Command::Serve {
+            listen,
+            node_name,
+            series_ttl,
+            no_workload_labels,
+            bpf_stats,
+            btf,
+        } => rt
+            .block_on(serve::run(serve::ServeOptions {
+                listen,
+                node_name: node_name
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(serve::hostname),
+                series_ttl,
+                workload_labels: !no_workload_labels,
+                bpf_stats,
+                btf_path: btf,
+            }))
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let prerequisite = e
-                .downcast_ref::<fathom::loader::LoadError>()
-                .is_some_and(|l| matches!(l, fathom::loader::LoadError::Btf(_)));
+            let prerequisite = is_prerequisite(&e);
             eprintln!("fathom: {}", fathom::loader::error_chain(e.as_ref()));
             if prerequisite {
                 ExitCode::from(EXIT_PREREQUISITE as u8)

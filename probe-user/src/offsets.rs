@@ -11,7 +11,7 @@
 //! - without CONFIG_MEMCG there is no `memory_cgrp_id`: the memcg fields are then
 //!   [`KernelOffsets::ABSENT`] and `memcg_enabled` is 0.
 
-use probe_common::KernelOffsets;
+use probe_common::{KernelOffsets, NetOffsets};
 
 use crate::btf::{Btf, MemberKind};
 
@@ -42,6 +42,26 @@ fn enumerator_index(btf: &Btf, name: &'static str, len: u32) -> Result<u32, Offs
     })
 }
 
+/// `kernfs_node.id`: `u64 id` (5.5+), or `union kernfs_node_id { struct { u32 ino; u32
+/// generation; }; u64 id; }` whose `id` is the 64-bit cgroup id.
+fn kernel_offsets_kn_id(btf: &Btf) -> Result<u32, OffsetsError> {
+    let kn_id = btf
+        .member("kernfs_node", &["id"])
+        .ok_or(OffsetsError::Missing("kernfs_node.id"))?;
+    if kn_id.size != 8 {
+        return Err(OffsetsError::Unexpected(format!(
+            "kernfs_node.id is {} bytes, expected 8",
+            kn_id.size
+        )));
+    }
+    Ok(match kn_id.kind {
+        MemberKind::Union(_) => btf
+            .member_offset("kernfs_node", &["id", "id"])
+            .unwrap_or(kn_id.offset),
+        _ => kn_id.offset,
+    })
+}
+
 /// Fills every field of [`KernelOffsets`] from `btf` (normally the running kernel's
 /// `/sys/kernel/btf/vmlinux`).
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
@@ -69,23 +89,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
     )?;
     o.cgroup_kn = offset(btf, "cgroup", &["kn"], "cgroup.kn")?;
 
-    // `u64 id` (5.5+), or `union kernfs_node_id { struct { u32 ino; u32 generation; }; u64 id; }`
-    // whose `id` is the 64-bit cgroup id.
-    let kn_id = btf
-        .member("kernfs_node", &["id"])
-        .ok_or(OffsetsError::Missing("kernfs_node.id"))?;
-    o.kn_id = match kn_id.kind {
-        MemberKind::Union(_) => btf
-            .member_offset("kernfs_node", &["id", "id"])
-            .unwrap_or(kn_id.offset),
-        _ => kn_id.offset,
-    };
-    if kn_id.size != 8 {
-        return Err(OffsetsError::Unexpected(format!(
-            "kernfs_node.id is {} bytes, expected 8",
-            kn_id.size
-        )));
-    }
+    o.kn_id = kernel_offsets_kn_id(btf)?;
     o.kn_name = offset(btf, "kernfs_node", &["name"], "kernfs_node.name")?;
     o.kn_parent = btf
         .member_offset("kernfs_node", &["parent"])
@@ -189,6 +193,66 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         }
     }
 
+    Ok(o)
+}
+
+/// Fills [`NetOffsets`] for the network programs. Separate from [`kernel_offsets`] so that a
+/// kernel lacking one of these members only loses the network programs.
+pub fn net_offsets(btf: &Btf) -> Result<NetOffsets, OffsetsError> {
+    let mut o = NetOffsets::zeroed();
+    o.skb_len = offset(btf, "sk_buff", &["len"], "sk_buff.len")?;
+    o.skb_head = offset(btf, "sk_buff", &["head"], "sk_buff.head")?;
+    o.skb_data = offset(btf, "sk_buff", &["data"], "sk_buff.data")?;
+    o.skb_end = offset(btf, "sk_buff", &["end"], "sk_buff.end")?;
+    // `end` is an offset from `head` (sk_buff_data_t = unsigned int) on 64-bit kernels.
+    let end = btf
+        .member("sk_buff", &["end"])
+        .ok_or(OffsetsError::Missing("sk_buff.end"))?;
+    if end.size != 4 {
+        return Err(OffsetsError::Unexpected(format!(
+            "sk_buff.end is {} bytes (a pointer?), expected a 4-byte offset",
+            end.size
+        )));
+    }
+    o.skb_network_header = offset(
+        btf,
+        "sk_buff",
+        &["network_header"],
+        "sk_buff.network_header",
+    )?;
+    o.skb_protocol = offset(btf, "sk_buff", &["protocol"], "sk_buff.protocol")?;
+    o.skb_dev = offset(btf, "sk_buff", &["dev"], "sk_buff.dev")?;
+    o.skb_sk = offset(btf, "sk_buff", &["sk"], "sk_buff.sk")?;
+    o.dev_ifindex = offset(btf, "net_device", &["ifindex"], "net_device.ifindex")?;
+    o.dev_nd_net = offset(btf, "net_device", &["nd_net", "net"], "net_device.nd_net")?;
+    o.dev_mtu = offset(btf, "net_device", &["mtu"], "net_device.mtu")?;
+    o.net_ns_inum = offset(btf, "net", &["ns", "inum"], "net.ns.inum")?;
+    o.net_ns_type = btf
+        .member_offset("net", &["ns", "ns_type"])
+        .unwrap_or(KernelOffsets::ABSENT);
+    o.sk_net = offset(
+        btf,
+        "sock",
+        &["__sk_common", "skc_net", "net"],
+        "sock.__sk_common.skc_net",
+    )?;
+    o.sk_cgroup = btf
+        .member_offset("sock", &["sk_cgrp_data", "cgroup"])
+        .unwrap_or(KernelOffsets::ABSENT);
+    o.cgroup_kn = offset(btf, "cgroup", &["kn"], "cgroup.kn")?;
+    o.kn_id = kernel_offsets_kn_id(btf)?;
+    o.shinfo_gso_size = offset(
+        btf,
+        "skb_shared_info",
+        &["gso_size"],
+        "skb_shared_info.gso_size",
+    )?;
+    o.shinfo_gso_segs = offset(
+        btf,
+        "skb_shared_info",
+        &["gso_segs"],
+        "skb_shared_info.gso_segs",
+    )?;
     Ok(o)
 }
 

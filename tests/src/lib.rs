@@ -15,11 +15,15 @@
 //! Most tests need root; see [`require_root!`].
 
 pub mod cgroup;
+pub mod containerd;
+pub mod dockerd;
 pub mod fathom;
 pub mod hygiene;
+pub mod image;
 pub mod netns;
 pub mod progs;
 pub mod runc;
+pub mod traffic;
 
 use std::io;
 use std::path::{Path, PathBuf};

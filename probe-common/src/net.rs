@@ -1,0 +1,204 @@
+//! Network records and counter keys: packet drops (`skb:kfree_skb`), IP fragments and VXLAN
+//! traffic (`net:net_dev_start_xmit`, `net:netif_receive_skb`).
+
+use crate::EventHeader;
+
+/// Byte offsets for the network programs, from the running kernel's BTF (see
+/// `KernelOffsets` for the convention). Kept apart from the OOM offsets so that a kernel
+/// lacking one of these members loses only the network programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetOffsets {
+    // struct sk_buff
+    pub skb_len: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_end: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    // struct net_device
+    pub dev_ifindex: u32,
+    /// `nd_net.net` (possible_net_t).
+    pub dev_nd_net: u32,
+    pub dev_mtu: u32,
+    // struct net
+    pub net_ns_inum: u32,
+    /// `ns.ns_type` (6.18+: CLONE_NEWNET for a struct net), ABSENT on older kernels.
+    pub net_ns_type: u32,
+    // struct sock
+    /// `__sk_common.skc_net.net`.
+    pub sk_net: u32,
+    /// `sk_cgrp_data.cgroup` (cgroup v2 of the socket's creator), ABSENT without
+    /// CONFIG_SOCK_CGROUP_DATA.
+    pub sk_cgroup: u32,
+    // struct cgroup / kernfs_node (same as KernelOffsets; repeated so the network programs
+    // do not depend on the OOM offsets)
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    // struct skb_shared_info (at skb->head + skb->end)
+    pub shinfo_gso_size: u32,
+    pub shinfo_gso_segs: u32,
+    pub _pad: u32,
+}
+
+impl NetOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            skb_len: 0,
+            skb_head: 0,
+            skb_data: 0,
+            skb_end: 0,
+            skb_network_header: 0,
+            skb_protocol: 0,
+            skb_dev: 0,
+            skb_sk: 0,
+            dev_ifindex: 0,
+            dev_nd_net: 0,
+            dev_mtu: 0,
+            net_ns_inum: 0,
+            net_ns_type: 0,
+            sk_net: 0,
+            sk_cgroup: 0,
+            cgroup_kn: 0,
+            kn_id: 0,
+            shinfo_gso_size: 0,
+            shinfo_gso_segs: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// Run-time settings of the network programs, written by userspace at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Drop events per second per CPU allowed into the ring buffer (token bucket rate).
+    pub drop_events_per_sec: u64,
+    /// Token bucket depth.
+    pub drop_events_burst: u64,
+}
+
+impl NetConfig {
+    pub const fn zeroed() -> Self {
+        Self {
+            drop_events_per_sec: 0,
+            drop_events_burst: 0,
+        }
+    }
+}
+
+/// `DROPS` map key: one series per namespace, device, reason, protocol and call site.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// Network-namespace inode (`net->ns.inum`); 0 when unknown.
+    pub netns: u32,
+    /// `skb->dev->ifindex`; 0 when the skb has no device.
+    pub ifindex: u32,
+    /// `enum skb_drop_reason` value of the running kernel (names come from its BTF).
+    pub reason: u32,
+    /// `skb->protocol` in host byte order (ETH_P_IP = 0x0800, …).
+    pub l3_proto: u16,
+    /// IP protocol (17 = UDP, …) when the network header could be read, else 0.
+    pub l4_proto: u8,
+    pub _pad: u8,
+    /// Kernel address that freed the skb (tracepoint `location`); symbolised by userspace.
+    pub location: u64,
+}
+
+/// Packets and bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub const DIRECTION_RX: u32 = 0;
+pub const DIRECTION_TX: u32 = 1;
+
+/// `IF_COUNTS` map key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfKey {
+    pub netns: u32,
+    pub ifindex: u32,
+    /// [`DIRECTION_RX`] or [`DIRECTION_TX`].
+    pub direction: u32,
+    pub _pad: u32,
+}
+
+/// Per device and direction: IP fragments and (on VXLAN devices) encapsulated traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfCounters {
+    /// IPv4/IPv6 fragments (MF set or offset ≠ 0).
+    pub frag_packets: u64,
+    pub frag_bytes: u64,
+    /// First fragments (offset 0): one per fragmented datagram.
+    pub frag_first: u64,
+    /// Frames through a VXLAN device (inner frames; tx = to be encapsulated).
+    pub vxlan_packets: u64,
+    pub vxlan_bytes: u64,
+    /// tx only: frames whose encapsulated (outer) packet exceeds the underlay MTU.
+    pub vxlan_oversize: u64,
+}
+
+/// `VXLAN_DEVS` map key (written by userspace from netlink).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DevKey {
+    pub netns: u32,
+    pub ifindex: u32,
+}
+
+/// What the kernel needs to know about a VXLAN device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VxlanDev {
+    pub underlay_mtu: u32,
+    /// 50 (IPv4 underlay) or 70 (IPv6), inner Ethernet header included.
+    pub overhead: u32,
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of the packet kept in a drop event, from the network header on.
+pub const DROP_SNAP_LEN: usize = 128;
+
+/// Slots of the `NET_STATS` per-CPU array.
+pub const NET_STAT_DROPS_MAP_FULL: u32 = 0;
+pub const NET_STAT_IF_MAP_FULL: u32 = 1;
+pub const NET_STAT_DROPS_SEEN: u32 = 2;
+pub const NET_STAT_SLOTS: u32 = 4;
+
+/// One dropped packet (rate-limited sample of the `DROPS` counts).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PacketDropEvent {
+    pub header: EventHeader,
+    pub key: DropKey,
+    /// cgroup v2 id of the socket that owned the skb (0 when none).
+    pub sk_cgroup_id: u64,
+    /// `skb->len`.
+    pub len: u32,
+    /// Valid bytes in `data`.
+    pub snap_len: u32,
+    /// Packet bytes starting at the network header.
+    pub data: [u8; DROP_SNAP_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::NetOffsets {}
+    unsafe impl aya::Pod for super::NetConfig {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::IfKey {}
+    unsafe impl aya::Pod for super::IfCounters {}
+    unsafe impl aya::Pod for super::DevKey {}
+    unsafe impl aya::Pod for super::VxlanDev {}
+    unsafe impl aya::Pod for super::PacketDropEvent {}
+}

@@ -1,0 +1,136 @@
+//! IP fragments and VXLAN traffic per device: `net:net_dev_start_xmit` and
+//! `net:netif_receive_skb`.
+//!
+//! Prototypes (include/trace/events/net.h, stable since 4.x):
+//!   `net_dev_start_xmit(const struct sk_buff *skb, const struct net_device *dev)`
+//!   `netif_receive_skb(struct sk_buff *skb)`
+//! At `net_dev_start_xmit` the skb is still the caller's (unlike `net_dev_xmit`, where veth
+//! has handed it to the peer and vxlan reused it for the outer packet), so its network header
+//! is valid. At `netif_receive_skb` the link-layer header has been pulled: `skb->data` is the
+//! network header.
+//!
+//! Every fragment is counted (sum over a namespace's devices = FragCreates on the sender,
+//! ReasmReqds on the receiver). VXLAN devices (listed by userspace in `VXLAN_DEVS` from
+//! netlink) also get packet/byte counts and, on transmit, the frames whose encapsulated
+//! packet will exceed the underlay MTU — they will be fragmented.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use probe_common::{
+    DIRECTION_RX, DIRECTION_TX, DevKey, IfCounters, IfKey, NET_STAT_IF_MAP_FULL, NetOffsets,
+};
+
+use crate::{
+    kread::{read, read_ptr},
+    maps::{IF_COUNTS, VXLAN_DEVS, net_stat},
+    net_config, net_offsets,
+    netns::{dev_netns, ip_fragment_info, network_header},
+};
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
+    let dev: *const u8 = ctx.arg(1);
+    let o = net_offsets();
+    let nh = unsafe { network_header(&o, skb) };
+    unsafe { count(&o, skb, dev, nh, DIRECTION_TX) };
+    0
+}
+
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn netif_receive_skb(ctx: BtfTracePointContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
+    let o = net_offsets();
+    let dev = unsafe { read_ptr(skb, o.skb_dev) }.unwrap_or(core::ptr::null());
+    let nh = unsafe { read_ptr(skb, o.skb_data) }.ok();
+    unsafe { count(&o, skb, dev, nh, DIRECTION_RX) };
+    0
+}
+
+#[inline(always)]
+unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*const u8>, dir: u32) {
+    let l3 = u16::from_be(unsafe { read::<u16>(skb, o.skb_protocol) }.unwrap_or(0));
+    let frag = match nh {
+        Some(nh) => unsafe { ip_fragment_info(l3, nh) },
+        None => None,
+    };
+    let is_frag = matches!(frag, Some((true, _, _)));
+    // Cheap exit for the common case: not a fragment and not a VXLAN device.
+    let c = net_config();
+    let Some((netns, ifindex)) = (unsafe { dev_netns(o, &c, dev) }) else {
+        return;
+    };
+    let dev_key = DevKey { netns, ifindex };
+    let vxlan = unsafe { VXLAN_DEVS.get(&dev_key) };
+    if !is_frag && vxlan.is_none() {
+        return;
+    }
+    let len = unsafe { read::<u32>(skb, o.skb_len) }.unwrap_or(0) as u64;
+    let mut add = IfCounters::default();
+    if let Some((true, first, _)) = frag {
+        add.frag_packets = 1;
+        add.frag_bytes = len;
+        add.frag_first = first as u64;
+    }
+    if let Some(v) = vxlan {
+        add.vxlan_packets = 1;
+        add.vxlan_bytes = len;
+        if dir == DIRECTION_TX {
+            add.vxlan_oversize =
+                unsafe { oversize_frames(o, skb, dev, len, v.underlay_mtu, v.overhead) };
+        }
+    }
+    let key = IfKey {
+        netns,
+        ifindex,
+        direction: dir,
+        _pad: 0,
+    };
+    match IF_COUNTS.get_ptr_mut(&key) {
+        Some(c) => unsafe {
+            (*c).frag_packets += add.frag_packets;
+            (*c).frag_bytes += add.frag_bytes;
+            (*c).frag_first += add.frag_first;
+            (*c).vxlan_packets += add.vxlan_packets;
+            (*c).vxlan_bytes += add.vxlan_bytes;
+            (*c).vxlan_oversize += add.vxlan_oversize;
+        },
+        None => {
+            if IF_COUNTS.insert(&key, &add, 0).is_err() {
+                net_stat(NET_STAT_IF_MAP_FULL);
+            }
+        }
+    }
+}
+
+/// Frames of this transmit whose outer packet exceeds the underlay MTU. The outer IP packet is
+/// the inner frame (skb->len, Ethernet header included) plus VXLAN, UDP and IP headers, i.e.
+/// `len + overhead - 14`. A GSO skb becomes `gso_segs` frames of at most the VXLAN device's
+/// MTU (+14) each, so it is oversize exactly when `mtu + overhead` exceeds the underlay MTU.
+#[inline(always)]
+unsafe fn oversize_frames(
+    o: &NetOffsets,
+    skb: *const u8,
+    dev: *const u8,
+    len: u64,
+    underlay_mtu: u32,
+    overhead: u32,
+) -> u64 {
+    let head = unsafe { read_ptr(skb, o.skb_head) }.unwrap_or(core::ptr::null());
+    let end = unsafe { read::<u32>(skb, o.skb_end) }.unwrap_or(0);
+    let shinfo = head.wrapping_add(end as usize);
+    let gso_size = if head.is_null() {
+        0
+    } else {
+        unsafe { read::<u16>(shinfo, o.shinfo_gso_size) }.unwrap_or(0)
+    };
+    if gso_size == 0 {
+        return (len + overhead as u64 - 14 > underlay_mtu as u64) as u64;
+    }
+    let segs = unsafe { read::<u16>(shinfo, o.shinfo_gso_segs) }.unwrap_or(1) as u64;
+    let mtu = unsafe { read::<u32>(dev, o.dev_mtu) }.unwrap_or(0) as u64;
+    if mtu + overhead as u64 > underlay_mtu as u64 {
+        segs
+    } else {
+        0
+    }
+}

@@ -1,0 +1,155 @@
+//! `fathom_oom_kills_total{namespace,pod,container,cgroup,scope}`: OOM kills counted from the
+//! event stream (the kernel keeps no OOM counter per cgroup that survives the cgroup).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter},
+};
+use tracing::debug;
+
+use super::{
+    labels::{LabelSource, WorkloadLabels},
+    store::CounterStore,
+};
+use crate::oom::OomKill;
+
+const NAME: &str = "fathom_oom_kills";
+const HELP: &str = "OOM kills by victim workload and by the scope of the limit that was hit (container, pod, cgroup, host)";
+
+/// Series key: the workload labels and the OOM domain's scope.
+type Key = (WorkloadLabels, &'static str);
+
+/// Counts OOM kills per victim workload.
+pub struct OomKills {
+    store: Mutex<CounterStore<Key>>,
+    labels: Arc<dyn LabelSource>,
+    workload_labels: bool,
+}
+
+impl std::fmt::Debug for OomKills {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OomKills").finish_non_exhaustive()
+    }
+}
+
+impl OomKills {
+    /// `workload_labels = false` leaves namespace/pod/container/cgroup empty (very large
+    /// nodes): one series per scope.
+    pub fn new(
+        ttl: std::time::Duration,
+        labels: Arc<dyn LabelSource>,
+        workload_labels: bool,
+    ) -> Self {
+        Self {
+            store: Mutex::new(CounterStore::new(ttl)),
+            labels,
+            workload_labels,
+        }
+    }
+
+    pub fn record(&self, kill: &OomKill) {
+        self.record_at(kill, Instant::now());
+    }
+
+    fn record_at(&self, kill: &OomKill, now: Instant) {
+        let (labels, anchor) = if self.workload_labels {
+            self.labels.oom_kill(kill)
+        } else {
+            (WorkloadLabels::default(), super::labels::Anchor::Host)
+        };
+        let key = (labels, kill.oom_domain.scope.as_str());
+        self.lock().add(key, 1, anchor, now);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CounterStore<Key>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Expires gone workloads' series, then returns what is left.
+    fn collect_at(&self, now: Instant) -> Vec<(Key, u64)> {
+        let mut store = self.lock();
+        let expired = store.expire(now, &|a: &_| self.labels.is_alive(a));
+        if expired > 0 {
+            debug!(expired, "OOM kill series of gone workloads expired");
+        }
+        store.snapshot()
+    }
+}
+
+impl Collector for OomKills {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let series = self.collect_at(Instant::now());
+        let mut family = encoder.encode_descriptor(NAME, HELP, None, MetricType::Counter)?;
+        for ((labels, scope), value) in series {
+            let [namespace, pod, container, cgroup] = labels.values();
+            let set = [
+                ("namespace", namespace),
+                ("pod", pod),
+                ("container", container),
+                ("cgroup", cgroup),
+                ("scope", scope),
+            ];
+            ConstCounter::new(value).encode(family.encode_family(&set)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        clock::BootClock,
+        metrics::labels::CgroupPathLabels,
+        oom::OomInterpreter,
+    };
+
+    fn kill() -> OomKill {
+        let rec = crate::events::tests::as_bytes(&crate::events::tests::sample_record());
+        let crate::events::RawEvent::OomKill(k) = crate::events::decode(&rec).unwrap() else {
+            panic!("not an OOM record")
+        };
+        OomInterpreter::new(BootClock::new(), 4096, None, None).interpret(&k)
+    }
+
+    /// Labels from paths below a hierarchy root that does not exist: every workload is gone.
+    fn all_gone() -> Arc<dyn LabelSource> {
+        let root = std::path::PathBuf::from("/nonexistent/fathom-unit-test");
+        Arc::new(CgroupPathLabels::new(crate::cgroup::Hierarchies {
+            unified: Some(root.clone()),
+            memory: Some(root),
+        }))
+    }
+
+    #[test]
+    fn counts_per_workload_and_expires_gone_ones() {
+        let ttl = Duration::from_secs(5);
+        let oom = OomKills::new(ttl, all_gone(), true);
+        let t0 = Instant::now();
+        oom.record_at(&kill(), t0);
+        oom.record_at(&kill(), t0);
+        let s = oom.collect_at(t0);
+        assert_eq!(s.len(), 1);
+        let ((labels, scope), n) = &s[0];
+        assert_eq!(*n, 2);
+        assert_eq!(labels.cgroup, "/a/b", "a plain cgroup is named by its path");
+        assert_eq!(*scope, "cgroup");
+        assert!(oom.collect_at(t0 + ttl).is_empty());
+    }
+
+    #[test]
+    fn without_workload_labels_only_the_scope_remains() {
+        let oom = OomKills::new(Duration::from_secs(5), all_gone(), false);
+        oom.record(&kill());
+        let s = oom.collect_at(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(s, vec![((WorkloadLabels::default(), "cgroup"), 1)]);
+    }
+}

@@ -1,0 +1,242 @@
+//! Label-keyed counters that never go backwards while a series lives, and that expire once
+//! the workload behind a series is gone.
+//!
+//! Two ways in:
+//! - [`CounterStore::add`] for counts userspace makes itself (one OOM kill event = +1);
+//! - [`CumulativeCounters::observe`] for cumulative values read from a kernel map at scrape
+//!   time (per-CPU hash keyed by netns / reason / device …). It adds the growth since the
+//!   previous reading of the same kernel key to the series the key maps to *now*. A series
+//!   therefore stays monotonic when attribution of a key changes (later growth goes to the new
+//!   labels), when several keys share one label set, or when the kernel deletes and recreates
+//!   a key (its count restarts from 0: the new value is all growth).
+//!
+//! Expiry: a series whose [`Anchor`] (pod / container cgroup, …) is gone and that has not
+//! changed for `ttl` is removed at the next [`CounterStore::expire`]. While the anchor exists
+//! a series never expires, however old its last change.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+    time::{Duration, Instant},
+};
+
+use super::labels::Anchor;
+
+/// Tells whether an [`Anchor`] still exists (see [`super::labels::LabelSource::is_alive`]).
+pub trait Liveness {
+    fn is_alive(&self, anchor: &Anchor) -> bool;
+}
+
+impl<F: Fn(&Anchor) -> bool> Liveness for F {
+    fn is_alive(&self, anchor: &Anchor) -> bool {
+        self(anchor)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Series {
+    value: u64,
+    last_change: Instant,
+    anchor: Anchor,
+}
+
+/// Monotonic counters keyed by a label set `L`.
+#[derive(Debug)]
+pub struct CounterStore<L> {
+    ttl: Duration,
+    series: HashMap<L, Series>,
+}
+
+impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            series: HashMap::new(),
+        }
+    }
+
+    /// Adds `delta` to the series `labels` (created at 0 when new). A zero `delta` creates the
+    /// series but does not count as a change. The anchor is replaced by the latest one: a
+    /// series follows the newest workload instance carrying its labels.
+    pub fn add(&mut self, labels: L, delta: u64, anchor: Anchor, now: Instant) {
+        let s = self.series.entry(labels).or_insert(Series {
+            value: 0,
+            last_change: now,
+            anchor: anchor.clone(),
+        });
+        if delta > 0 {
+            s.value = s.value.saturating_add(delta);
+            s.last_change = now;
+            s.anchor = anchor;
+        }
+    }
+
+    /// Removes series whose anchor is gone and whose last change is at least `ttl` old;
+    /// [`Anchor::Host`] series never expire. Returns how many were removed.
+    pub fn expire(&mut self, now: Instant, liveness: &impl Liveness) -> usize {
+        let ttl = self.ttl;
+        let before = self.series.len();
+        self.series.retain(|_, s| {
+            s.anchor == Anchor::Host
+                || now.saturating_duration_since(s.last_change) < ttl
+                || liveness.is_alive(&s.anchor)
+        });
+        before - self.series.len()
+    }
+
+    /// Every series and its value, sorted by labels (stable output for scrapes and tests).
+    pub fn snapshot(&self) -> Vec<(L, u64)> {
+        let mut v: Vec<(L, u64)> = self
+            .series
+            .iter()
+            .map(|(l, s)| (l.clone(), s.value))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn get(&self, labels: &L) -> Option<u64> {
+        self.series.get(labels).map(|s| s.value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+/// A [`CounterStore`] fed from cumulative per-key kernel counters read at scrape time.
+#[derive(Debug)]
+pub struct CumulativeCounters<K, L> {
+    store: CounterStore<L>,
+    last: HashMap<K, u64>,
+}
+
+impl<K: Clone + Eq + Hash, L: Clone + Eq + Hash + Ord> CumulativeCounters<K, L> {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            store: CounterStore::new(ttl),
+            last: HashMap::new(),
+        }
+    }
+
+    /// Records one scrape's readings: for each kernel key its cumulative value, the labels it
+    /// maps to now and the anchor of that workload. Keys absent from this reading are
+    /// forgotten, so a key the kernel recreates counts from 0 again.
+    pub fn observe(
+        &mut self,
+        readings: impl IntoIterator<Item = (K, u64, L, Anchor)>,
+        now: Instant,
+    ) {
+        let mut seen = HashSet::new();
+        for (key, total, labels, anchor) in readings {
+            let prev = self.last.insert(key.clone(), total);
+            // A smaller value than last time means the kernel entry was deleted and recreated
+            // between two scrapes: everything it holds now is new.
+            let delta = match prev {
+                Some(p) if total >= p => total - p,
+                _ => total,
+            };
+            self.store.add(labels, delta, anchor, now);
+            seen.insert(key);
+        }
+        self.last.retain(|k, _| seen.contains(k));
+    }
+
+    pub fn store(&self) -> &CounterStore<L> {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut CounterStore<L> {
+        &mut self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn cg(p: &str) -> Anchor {
+        Anchor::Cgroup(PathBuf::from(p))
+    }
+
+    #[test]
+    fn adds_and_snapshots_sorted() {
+        let t0 = Instant::now();
+        let mut s = CounterStore::new(TTL);
+        s.add("b", 1, Anchor::Host, t0);
+        s.add("a", 2, Anchor::Host, t0);
+        s.add("b", 3, Anchor::Host, t0);
+        assert_eq!(s.snapshot(), vec![("a", 2), ("b", 4)]);
+    }
+
+    #[test]
+    fn only_gone_and_stale_series_expire() {
+        let t0 = Instant::now();
+        let mut s = CounterStore::new(TTL);
+        s.add("gone", 1, cg("/gone"), t0);
+        s.add("alive", 1, cg("/alive"), t0);
+        s.add("host", 1, Anchor::Host, t0);
+        let live = |a: &Anchor| match a {
+            Anchor::Host => true,
+            Anchor::Cgroup(p) => p.as_path() != std::path::Path::new("/gone"),
+        };
+        // Gone but changed recently: stays so Prometheus sees its last value.
+        assert_eq!(s.expire(t0 + TTL / 2, &live), 0);
+        assert_eq!(s.expire(t0 + TTL, &live), 1);
+        assert_eq!(s.get(&"gone"), None);
+        // Alive series never expire, however old.
+        assert_eq!(s.expire(t0 + TTL * 100, &live), 0);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_change_restarts_the_ttl_and_moves_the_anchor() {
+        let t0 = Instant::now();
+        let mut s = CounterStore::new(TTL);
+        s.add("c", 1, cg("/old"), t0);
+        s.add("c", 1, cg("/new"), t0 + TTL);
+        let live = |a: &Anchor| *a == cg("/new");
+        assert_eq!(s.expire(t0 + TTL * 3, &live), 0, "anchor moved to /new");
+        let none = |_: &Anchor| false;
+        assert_eq!(s.expire(t0 + TTL + TTL / 2, &none), 0, "changed at t0+TTL");
+        assert_eq!(s.expire(t0 + TTL * 2, &none), 1);
+    }
+
+    #[test]
+    fn cumulative_readings_stay_monotonic_through_key_churn_and_relabeling() {
+        let t0 = Instant::now();
+        let mut c: CumulativeCounters<u32, &str> = CumulativeCounters::new(TTL);
+        c.observe(
+            [(1, 5, "pod-a", Anchor::Host), (2, 3, "pod-a", Anchor::Host)],
+            t0,
+        );
+        assert_eq!(c.store().get(&"pod-a"), Some(8));
+        // Key 2 deleted and recreated by the kernel: its 1 is new growth.
+        c.observe(
+            [(1, 7, "pod-a", Anchor::Host), (2, 1, "pod-a", Anchor::Host)],
+            t0,
+        );
+        assert_eq!(c.store().get(&"pod-a"), Some(11));
+        // Key 1 now attributed elsewhere: only its growth moves.
+        c.observe([(1, 10, "pod-b", Anchor::Host)], t0);
+        assert_eq!(c.store().get(&"pod-a"), Some(11));
+        assert_eq!(c.store().get(&"pod-b"), Some(3));
+        // Key 2 vanished; when it comes back it counts from 0.
+        c.observe(
+            [
+                (1, 10, "pod-b", Anchor::Host),
+                (2, 4, "pod-a", Anchor::Host),
+            ],
+            t0,
+        );
+        assert_eq!(c.store().get(&"pod-a"), Some(15));
+    }
+}

@@ -1,0 +1,71 @@
+//! The host's network topology as userspace sees it: every network namespace, its links, its
+//! VXLAN devices with their underlay, MTU mismatches and fragment-queue memory.
+//!
+//! The kernel programs count drops, fragments and VXLAN packets keyed by the network
+//! namespace's inode (`net->ns.inum`) and an ifindex; this module supplies what those keys
+//! mean and what the kernel cannot see cheaply from a tracepoint: which device a VXLAN
+//! encapsulates onto, that device's MTU, the encapsulation overhead, and per-netns sysctls.
+//!
+//! - [`netns`]: discovery of namespaces (`/proc/<pid>/ns/net`, `ip netns` and Docker bind
+//!   mounts), their pids, and [`netns::run_in_netns`] (blocking work in a dedicated thread that
+//!   `setns`es first; tokio's threads never change namespace).
+//! - [`rtnl`]: a small synchronous rtnetlink client (dumps and requests over a socket created in
+//!   the calling thread's namespace).
+//! - [`links`]: links per namespace, VXLAN configuration and underlay resolution.
+//! - [`mtu`]: pure mismatch logic (`mtu > underlay_mtu - overhead`).
+//! - [`fragmem`]: fragment-queue memory vs. `ipfrag_*` limits and the `Ip:` reassembly /
+//!   fragmentation counters of `/proc/net/snmp`, read inside a namespace.
+//! - [`topology`]: the [`Topology`] service: background refresh on netlink link events and
+//!   periodic rediscovery, snapshots and change events.
+
+pub mod fragmem;
+pub mod links;
+pub mod mtu;
+pub mod netns;
+pub mod rtnl;
+pub mod topology;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use fragmem::{FragMem, FragQueueMem, IpSnmp, SnmpSnapshot};
+pub use links::{Link, UnderlayFamily, UnderlayRef, UnderlaySource, VxlanConfig};
+pub use mtu::MtuMismatch;
+pub use netns::{NetnsHandle, NetnsInfo, NetnsRegistry, run_in_netns};
+pub use topology::{
+    Topology, TopologyConfig, TopologyEvent, TopologySnapshot, Underlay, VxlanDevice,
+};
+
+/// A network namespace's identity: the inode of its nsfs file, equal to the kernel's
+/// `net->ns.inum` (what the BPF programs read) and to `stat -L -c %i /proc/PID/ns/net`.
+pub type NetnsInode = u32;
+
+/// Errors of the network topology layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network namespace {inode} can no longer be entered (no process or bind mount left)")]
+    NetnsGone { inode: NetnsInode },
+    #[error("{path} is not a network namespace (not an nsfs file)")]
+    NotNetns { path: PathBuf },
+    #[error("opening {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("setns into network namespace {inode}: {source} (needs CAP_SYS_ADMIN)")]
+    Setns {
+        inode: NetnsInode,
+        source: nix::Error,
+    },
+    #[error("netlink {op}: {source}")]
+    Netlink { op: &'static str, source: io::Error },
+    #[error("decoding a netlink message during {op}: {detail}")]
+    NetlinkDecode { op: &'static str, detail: String },
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("parsing {what}: {detail}")]
+    Parse { what: &'static str, detail: String },
+    #[error("spawning a netns worker thread: {0}")]
+    Spawn(io::Error),
+    #[error("a netns worker thread panicked")]
+    WorkerPanicked,
+    #[error("the topology service has stopped")]
+    Stopped,
+}

@@ -1,0 +1,141 @@
+//! Reading the network programs' in-kernel aggregates (per-CPU maps summed over CPUs) and
+//! maintaining the `VXLAN_DEVS` map they consult.
+//!
+//! The maps stay in the kernel; readers take a snapshot when asked (at scrape time, at the
+//! end of a capture), so counts are exact whatever the packet rate.
+
+use std::collections::HashMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use probe_common::{
+    Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN,
+    NET_STAT_IF_MAP_FULL, NET_STAT_SLOTS, VxlanDev,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CountersError {
+    #[error("BPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("reading BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> CountersError {
+    move |source| CountersError::Map { name, source }
+}
+
+fn map<'a>(ebpf: &'a aya::Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, CountersError> {
+    ebpf.map(name).ok_or(CountersError::MissingMap(name))
+}
+
+/// `DROPS`: packets and bytes per (netns, device, reason, protocol, location).
+pub fn drops(ebpf: &aya::Ebpf) -> Result<HashMap<DropKey, Counter>, CountersError> {
+    let m: PerCpuHashMap<&MapData, DropKey, Counter> =
+        PerCpuHashMap::try_from(map(ebpf, "DROPS")?).map_err(map_err("DROPS"))?;
+    let mut out = HashMap::new();
+    for item in m.iter() {
+        let (k, per_cpu) = item.map_err(map_err("DROPS"))?;
+        let mut sum = Counter::default();
+        for c in per_cpu.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        out.insert(k, sum);
+    }
+    Ok(out)
+}
+
+/// `IF_COUNTS`: fragments and VXLAN traffic per (netns, device, direction).
+pub fn interfaces(ebpf: &aya::Ebpf) -> Result<HashMap<IfKey, IfCounters>, CountersError> {
+    let m: PerCpuHashMap<&MapData, IfKey, IfCounters> =
+        PerCpuHashMap::try_from(map(ebpf, "IF_COUNTS")?).map_err(map_err("IF_COUNTS"))?;
+    let mut out = HashMap::new();
+    for item in m.iter() {
+        let (k, per_cpu) = item.map_err(map_err("IF_COUNTS"))?;
+        let mut s = IfCounters::default();
+        for c in per_cpu.iter() {
+            s.frag_packets += c.frag_packets;
+            s.frag_bytes += c.frag_bytes;
+            s.frag_first += c.frag_first;
+            s.vxlan_packets += c.vxlan_packets;
+            s.vxlan_bytes += c.vxlan_bytes;
+            s.vxlan_oversize += c.vxlan_oversize;
+        }
+        out.insert(k, s);
+    }
+    Ok(out)
+}
+
+fn per_cpu_array_sum(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+    slots: u32,
+) -> Result<Vec<u64>, CountersError> {
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    (0..slots)
+        .map(|i| {
+            m.get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .map_err(map_err(name))
+        })
+        .collect()
+}
+
+/// Health of the network programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Drops seen by `skb_kfree_skb` (whether or not counted in `DROPS`).
+    pub drops_seen: u64,
+    /// Drops not counted per key because `DROPS` was full.
+    pub drops_map_full: u64,
+    /// Interface updates lost because `IF_COUNTS` was full.
+    pub if_map_full: u64,
+}
+
+pub fn net_stats(ebpf: &aya::Ebpf) -> Result<NetStats, CountersError> {
+    let v = per_cpu_array_sum(ebpf, "NET_STATS", NET_STAT_SLOTS)?;
+    Ok(NetStats {
+        drops_seen: v[NET_STAT_DROPS_SEEN as usize],
+        drops_map_full: v[NET_STAT_DROPS_MAP_FULL as usize],
+        if_map_full: v[NET_STAT_IF_MAP_FULL as usize],
+    })
+}
+
+/// Events refused by a rate limit, indexed by `EventKind`.
+pub fn events_suppressed(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
+    per_cpu_array_sum(ebpf, "EVENTS_SUPPRESSED", 8)
+}
+
+/// Events lost to a full ring buffer, indexed by `EventKind`.
+pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
+    per_cpu_array_sum(ebpf, "EVENTS_LOST", 8)
+}
+
+/// Replaces the contents of `VXLAN_DEVS` with `devs`.
+pub fn set_vxlan_devices(
+    ebpf: &mut aya::Ebpf,
+    devs: &HashMap<DevKey, VxlanDev>,
+) -> Result<(), CountersError> {
+    let m = ebpf
+        .map_mut("VXLAN_DEVS")
+        .ok_or(CountersError::MissingMap("VXLAN_DEVS"))?;
+    let mut m: BpfHashMap<&mut MapData, DevKey, VxlanDev> =
+        BpfHashMap::try_from(m).map_err(map_err("VXLAN_DEVS"))?;
+    let stale: Vec<DevKey> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !devs.contains_key(k))
+        .collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    for (k, v) in devs {
+        m.insert(k, v, 0).map_err(map_err("VXLAN_DEVS"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! The event pipeline shared by `fathom capture` and `fathom serve`.
+//!
+//! [`Pipeline::start`] loads and attaches the kernel programs ([`loader`]) and owns what comes
+//! out of them:
+//! - the ring buffer `EVENTS`, read by [`Pipeline::run`] on a tokio [`AsyncFd`]; each record is
+//!   decoded ([`events`]) and interpreted ([`oom`]) into a typed [`Event`] and handed to an
+//!   [`EventSink`] (capture's renderer, serve's metrics);
+//! - the [`Kernel`] handle: the loaded `aya::Ebpf` (maps and programs) behind a lock, with the
+//!   per-program attach status. Collectors read counter maps through it at scrape time.
+//!
+//! Dropping the pipeline and every [`Kernel`] clone drops the `Ebpf` object, which detaches the
+//! programs (their links are file descriptors owned by it).
+
+use std::{
+    future::Future,
+    ops::ControlFlow,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use probe_common::EventKind;
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{debug, warn};
+
+use crate::{
+    cgroup::{Hierarchies, Resolver},
+    clock::BootClock,
+    events::{self, RawEvent},
+    loader::{self, LoadError, ProgramStatus},
+    oom::{OomInterpreter, OomKill},
+};
+
+/// Name of the ring buffer of event records.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU array, indexed by `EventKind`: records the ring buffer had no room for.
+pub const EVENTS_LOST_MAP: &str = "EVENTS_LOST";
+/// Per-CPU array, indexed by `EventKind`: records a rate limit kept out of the ring buffer.
+pub const EVENTS_SUPPRESSED_MAP: &str = "EVENTS_SUPPRESSED";
+/// Slots of the per-kind arrays above (`max_entries` in probe-ebpf's maps.rs).
+const KIND_SLOTS: u32 = 8;
+
+/// Records handled per wake-up before the stop signal is looked at again, so that a flood of
+/// events cannot delay a SIGTERM.
+const MAX_BATCH: usize = 1024;
+
+/// Something the kernel reported, decoded and interpreted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    OomKill(OomKill),
+}
+
+/// Errors a sink may return; the pipeline stops and passes them on.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A consumer of [`Event`]s.
+pub trait EventSink {
+    /// Handles one event. `Break` ends [`Pipeline::run`] (e.g. `--count` reached, stdout gone).
+    fn handle(&mut self, event: Event) -> Result<ControlFlow<()>, SinkError>;
+}
+
+/// Why [`Pipeline::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The stop future completed (signal, deadline).
+    Stopped,
+    /// The sink asked to stop.
+    SinkDone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the BPF object has no {0} map")]
+    MissingMap(&'static str),
+    #[error("cannot use the {name} map: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot poll the event ring buffer: {0}")]
+    Ring(#[source] std::io::Error),
+    #[error("event sink failed: {0}")]
+    Sink(#[source] SinkError),
+}
+
+impl PipelineError {
+    /// Errors the user fixes by changing how fathom is started (exit code 2): no kernel BTF.
+    pub fn is_prerequisite(&self) -> bool {
+        matches!(self, PipelineError::Load(LoadError::Btf(_)))
+    }
+}
+
+/// `EventKind` as a metric label / log field: `OomKill` → `oom_kill`. Derived from the
+/// variant's name so a new kind gets its stream name without touching this file.
+pub fn stream_name(kind: EventKind) -> String {
+    let name = format!("{kind:?}");
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every event kind this build knows, in slot order.
+pub fn event_kinds() -> impl Iterator<Item = EventKind> {
+    (0..KIND_SLOTS).filter_map(EventKind::from_u32)
+}
+
+/// A per-stream counter read from one of the per-kind arrays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamCount {
+    pub stream: String,
+    pub count: u64,
+}
+
+/// Kernel's run-time statistics of one program (`bpf_prog_info.run_time_ns` / `run_cnt`).
+/// They only advance while BPF stats are enabled (sysctl `kernel.bpf_stats_enabled` or an
+/// open `BPF_ENABLE_STATS` descriptor, see `serve --bpf-stats`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgramRunStats {
+    pub program: &'static str,
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+struct KernelInner {
+    ebpf: Mutex<Ebpf>,
+    status: Vec<ProgramStatus>,
+}
+
+/// Shared handle to the loaded programs and maps. Cheap to clone; the lock is held only while
+/// a map is read, so scrapes and the event loop never wait on each other for long.
+#[derive(Clone)]
+pub struct Kernel(Arc<KernelInner>);
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("status", &self.0.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    fn new(ebpf: Ebpf, status: Vec<ProgramStatus>) -> Self {
+        Self(Arc::new(KernelInner {
+            ebpf: Mutex::new(ebpf),
+            status,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ebpf> {
+        // A panic while holding the lock cannot leave a map half-read in a harmful way.
+        self.0.ebpf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attach status of every program fathom knows, in attach order.
+    pub fn status(&self) -> &[ProgramStatus] {
+        &self.0.status
+    }
+
+    /// Names of the attached programs.
+    pub fn attached(&self) -> Vec<&'static str> {
+        self.0
+            .status
+            .iter()
+            .filter(|s| s.attached)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// Runs `f` with the loaded object, e.g. to read a counter map at scrape time.
+    pub fn with_ebpf<R>(&self, f: impl FnOnce(&Ebpf) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Runs `f` with the loaded object mutably, e.g. to update a map userspace maintains.
+    pub fn with_ebpf_mut<R>(&self, f: impl FnOnce(&mut Ebpf) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    /// Per-stream sums of a per-CPU array indexed by `EventKind`. `None` when the object has no
+    /// such map (an older object without rate limits has no `EVENTS_SUPPRESSED`).
+    pub fn stream_counts(&self, map: &str) -> Option<Vec<StreamCount>> {
+        self.with_ebpf(|ebpf| {
+            let arr = PerCpuArray::<&MapData, u64>::try_from(ebpf.map(map)?).ok()?;
+            Some(
+                event_kinds()
+                    .map(|kind| StreamCount {
+                        stream: stream_name(kind),
+                        count: arr
+                            .get(&(kind as u32), 0)
+                            .map(|v| v.iter().sum())
+                            .unwrap_or(0),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Records lost because the ring buffer was full, per stream.
+    pub fn events_lost(&self) -> Vec<StreamCount> {
+        self.stream_counts(EVENTS_LOST_MAP).unwrap_or_default()
+    }
+
+    /// Total of [`Self::events_lost`].
+    pub fn events_lost_total(&self) -> u64 {
+        self.events_lost().iter().map(|s| s.count).sum()
+    }
+
+    /// Records kept out of the ring buffer by a rate limit, per stream (zeros when the object
+    /// has no rate-limited stream).
+    pub fn events_suppressed(&self) -> Vec<StreamCount> {
+        self.stream_counts(EVENTS_SUPPRESSED_MAP)
+            .unwrap_or_else(|| {
+                event_kinds()
+                    .map(|kind| StreamCount {
+                        stream: stream_name(kind),
+                        count: 0,
+                    })
+                    .collect()
+            })
+    }
+
+    /// The kernel's run statistics of every loaded program.
+    pub fn program_stats(&self) -> Vec<ProgramRunStats> {
+        self.with_ebpf(|ebpf| {
+            self.0
+                .status
+                .iter()
+                .filter_map(|s| {
+                    // Programs that failed to load have no fd and no info: skip them.
+                    let info = ebpf.program(s.name)?.info().ok()?;
+                    Some(ProgramRunStats {
+                        program: s.name,
+                        run_time: info.run_time(),
+                        run_count: info.run_count(),
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+/// Options of [`Pipeline::start`].
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Kernel BTF to compute struct offsets from.
+    pub btf_path: String,
+}
+
+/// The loaded programs and the ring-buffer reader.
+pub struct Pipeline {
+    kernel: Kernel,
+    ring: AsyncFd<RingBuf<MapData>>,
+    oom: OomInterpreter,
+}
+
+impl Pipeline {
+    /// Loads and attaches the programs and prepares the ring-buffer reader.
+    pub fn start(opts: &PipelineOptions) -> Result<Self, PipelineError> {
+        let mut loaded = loader::load_and_attach(&opts.btf_path)?;
+        let map = loaded
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(PipelineError::MissingMap(EVENTS_MAP))?;
+        let ring = RingBuf::try_from(map).map_err(|source| PipelineError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?;
+        // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns the RingBuf, and
+        // it is deregistered (AsyncFd's Drop) before the RingBuf closes it.
+        // `register_with_interest` is what tokio >= 1.54 offers instead of the deprecated
+        // `with_interest`.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| PipelineError::Ring(e.into_parts().1))?;
+        let hier = Hierarchies::detect();
+        let oom = OomInterpreter::new(
+            BootClock::new(),
+            page_size(),
+            hier.unified.clone().map(Resolver::new),
+            hier.memory.clone().map(Resolver::new),
+        );
+        Ok(Self {
+            kernel: Kernel::new(loaded.ebpf, loaded.status),
+            ring,
+            oom,
+        })
+    }
+
+    /// The shared handle to the loaded programs and maps.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Reads events into `sink` until `stop` completes, the sink breaks, or reading fails.
+    /// Records that cannot be decoded are logged and skipped.
+    pub async fn run<S: EventSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        stop: impl Future<Output = ()>,
+    ) -> Result<RunEnd, PipelineError> {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                // A stop request wins over pending records: SIGTERM must end us promptly.
+                biased;
+                _ = &mut stop => return Ok(RunEnd::Stopped),
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.map_err(PipelineError::Ring)?;
+                    let rb = guard.get_inner_mut();
+                    let mut handled = 0;
+                    let mut drained = false;
+                    while handled < MAX_BATCH {
+                        let Some(item) = rb.next() else {
+                            drained = true;
+                            break;
+                        };
+                        handled += 1;
+                        let event = to_event(&mut self.oom, &item);
+                        // Release the record before the sink runs: the kernel can reuse it.
+                        drop(item);
+                        if let Some(event) = event
+                            && sink.handle(event).map_err(PipelineError::Sink)?.is_break()
+                        {
+                            return Ok(RunEnd::SinkDone);
+                        }
+                    }
+                    // Epoll readiness is edge-triggered: only clear it once the ring is empty,
+                    // otherwise the next `readable_mut` returns at once for the rest.
+                    if drained {
+                        guard.clear_ready();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decodes and interprets one ring-buffer record.
+fn to_event(oom: &mut OomInterpreter, record: &[u8]) -> Option<Event> {
+    match events::decode(record) {
+        Ok(RawEvent::OomKill(k)) => Some(Event::OomKill(oom.interpret(&k))),
+        // Kinds decoded by `events` but without a typed event (and a sink) yet.
+        #[allow(unreachable_patterns)]
+        Ok(other) => {
+            debug!(event = ?std::mem::discriminant(&other), "event kind not handled yet");
+            None
+        }
+        Err(err) => {
+            warn!(error = %err, "undecodable event");
+            None
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_snake_case() {
+        assert_eq!(stream_name(EventKind::OomKill), "oom_kill");
+        assert!(event_kinds().any(|k| k == EventKind::OomKill));
+        for k in event_kinds() {
+            let s = stream_name(k);
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn oom_records_become_oom_events_and_garbage_is_skipped() {
+        let mut oom = OomInterpreter::new(BootClock::new(), 4096, None, None);
+        let rec = crate::events::tests::as_bytes(&crate::events::tests::sample_record());
+        let Some(Event::OomKill(k)) = to_event(&mut oom, &rec) else {
+            panic!("no OOM event");
+        };
+        assert_eq!(k.victim.pid, 100);
+        assert_eq!(to_event(&mut oom, &[1, 2, 3]), None);
+    }
+}

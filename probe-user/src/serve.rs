@@ -1,0 +1,361 @@
+//! `fathom serve`: the Prometheus exporter a privileged DaemonSet runs on every node.
+//!
+//! Order of start-up, so that failures are cheap and clear: bind the listen address first (a
+//! taken port fails before anything touches the kernel), then load and attach the programs
+//! ([`Pipeline`]), then serve HTTP while a task feeds the event stream into [`Metrics`].
+//!
+//! Endpoints: `/metrics` (Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks
+//! for it), `/healthz` (the process answers), `/readyz` (every readiness check passes: the
+//! programs are loaded and the event loop runs; later components add their own checks).
+//!
+//! SIGTERM / SIGINT: stop accepting, let in-flight scrapes finish (at most
+//! [`SHUTDOWN_GRACE`]), stop the event loop, drop the programs (which detaches them), exit 0.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    READY_MARKER,
+    metrics::{Format, Metrics, MetricsOptions, MetricsSink, labels::CgroupPathLabels},
+    pipeline::{Event, EventSink, Kernel, Pipeline, PipelineError, PipelineOptions, SinkError},
+};
+
+/// Default listen address: all interfaces, because Prometheus scrapes a DaemonSet pod by its
+/// pod IP. 9717 is not used by any exporter we know of.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9717";
+
+/// Default lifetime of a gone workload's series after its last change: five scrape intervals
+/// of the usual 1 min, so the final value is scraped several times before it disappears.
+pub const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(300);
+
+/// How long in-flight scrapes may take after SIGTERM; the whole stop stays under 2 s.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub node_name: String,
+    pub series_ttl: Duration,
+    /// `false`: drop namespace/pod/container/cgroup labels (very large nodes).
+    pub workload_labels: bool,
+    /// Make the kernel count program run time while fathom runs (`BPF_ENABLE_STATS`).
+    pub bpf_stats: bool,
+    pub btf_path: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("the event loop ended unexpectedly")]
+    EventLoopEnded,
+    #[error("the HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+impl ServeError {
+    /// Errors the user fixes by changing how fathom is started (exit code 2).
+    pub fn is_prerequisite(&self) -> bool {
+        match self {
+            ServeError::Listen { .. } => true,
+            ServeError::Pipeline(p) => p.is_prerequisite(),
+            _ => false,
+        }
+    }
+}
+
+/// Named readiness checks; `/readyz` is 200 only when all pass.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    checks: Mutex<BTreeMap<&'static str, Result<String, String>>>,
+}
+
+impl Readiness {
+    /// Sets a check: `Ok(detail)` passes, `Err(why)` fails.
+    pub fn set(&self, name: &'static str, state: Result<String, String>) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, state);
+    }
+
+    /// Whether every check passes, and one line per check.
+    pub fn report(&self) -> (bool, String) {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ok = !checks.is_empty();
+        let mut text = String::new();
+        for (name, state) in checks.iter() {
+            match state {
+                Ok(detail) => text.push_str(&format!("{name}: ok: {detail}\n")),
+                Err(why) => {
+                    ok = false;
+                    text.push_str(&format!("{name}: not ready: {why}\n"));
+                }
+            }
+        }
+        (ok, text)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+}
+
+/// The HTTP routes.
+fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(AppState { metrics, readiness })
+}
+
+async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    match s.metrics.encode(format) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => {
+            error!(error = %e, "encoding metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn readyz_handler(State(s): State<AppState>) -> Response {
+    let (ok, text) = s.readiness.report();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, text).into_response()
+}
+
+/// Feeds metrics and counts events for the closing line.
+struct CountingSink {
+    metrics: MetricsSink,
+    events: Arc<AtomicU64>,
+}
+
+impl EventSink for CountingSink {
+    fn handle(&mut self, event: Event) -> Result<std::ops::ControlFlow<()>, SinkError> {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        self.metrics.handle(event)
+    }
+}
+
+/// The node name when `--node-name` / `NODE_NAME` are not given: the kernel's hostname.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the exporter until SIGTERM / SIGINT (→ `Ok`) or a failure.
+pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
+    // Handlers first: a SIGTERM that arrives while loading must still end us cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: opts.listen,
+            hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+                " (another fathom serve may be running; pick a free port with --listen)"
+            } else {
+                ""
+            },
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServeError::Http)?;
+
+    let mut pipeline = Pipeline::start(&PipelineOptions {
+        btf_path: opts.btf_path.clone(),
+    })?;
+    let kernel: Kernel = pipeline.kernel().clone();
+
+    // Kept open while serving: the kernel counts run time as long as one such descriptor is
+    // open, and stops by itself when fathom exits, even on SIGKILL. The sysctl
+    // kernel.bpf_stats_enabled is left untouched.
+    let stats_fd = if opts.bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(error = %e, "cannot enable BPF run-time stats (kernel >= 5.8 needed)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let metrics = Arc::new(Metrics::new(
+        kernel.clone(),
+        Arc::new(CgroupPathLabels::detect()),
+        &MetricsOptions {
+            series_ttl: opts.series_ttl,
+            workload_labels: opts.workload_labels,
+            node_name: opts.node_name.clone(),
+            bpf_stats_enabled_by_us: stats_fd.is_some(),
+        },
+    ));
+    let readiness = Arc::new(Readiness::default());
+    let attached = kernel.attached().join(", ");
+    let missing: Vec<String> = kernel
+        .status()
+        .iter()
+        .filter(|s| !s.attached)
+        .map(|s| s.name.to_string())
+        .collect();
+    readiness.set(
+        "programs",
+        Ok(if missing.is_empty() {
+            format!("attached {attached}")
+        } else {
+            format!("attached {attached}; not attached {}", missing.join(", "))
+        }),
+    );
+    readiness.set("events", Ok("reading the ring buffer".into()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let events = Arc::new(AtomicU64::new(0));
+    let mut sink = CountingSink {
+        metrics: MetricsSink(metrics.clone()),
+        events: events.clone(),
+    };
+    let mut ev_stop = stop_rx.clone();
+    let ev_readiness = readiness.clone();
+    let mut event_loop: Option<JoinHandle<Result<(), ServeError>>> =
+        Some(tokio::spawn(async move {
+            let stop = async move {
+                let _ = ev_stop.wait_for(|s| *s).await;
+            };
+            let result = pipeline.run(&mut sink, stop).await;
+            ev_readiness.set("events", Err("the event loop stopped".into()));
+            // Dropping the pipeline here (the ring buffer; the programs go with the last
+            // Kernel handle) happens on every path.
+            drop(pipeline);
+            result.map(|_| ()).map_err(ServeError::from)
+        }));
+
+    let mut http_stop = stop_rx.clone();
+    let app = router(metrics, readiness.clone());
+    let mut server: Option<JoinHandle<std::io::Result<()>>> = Some(tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    ));
+
+    eprintln!("{READY_MARKER}: attached {attached}; serving http://{local}/metrics");
+    info!(%local, node = %opts.node_name, "serving metrics");
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
+        _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
+        r = event_loop.as_mut().expect("running") => {
+            event_loop = None;
+            Err(match r {
+                Ok(Ok(())) => ServeError::EventLoopEnded,
+                Ok(Err(e)) => e,
+                Err(join) => ServeError::Http(std::io::Error::other(join)),
+            })
+        }
+        r = server.as_mut().expect("running") => {
+            server = None;
+            Err(ServeError::Http(match r {
+                Ok(Ok(())) => std::io::Error::other("the server stopped"),
+                Ok(Err(e)) => e,
+                Err(join) => std::io::Error::other(join),
+            }))
+        }
+    };
+
+    readiness.set("shutdown", Err("stopping".into()));
+    let _ = stop_tx.send(true);
+    if let Some(mut s) = server
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut s).await.is_err()
+    {
+        warn!(grace = ?SHUTDOWN_GRACE, "scrapes still running after the grace period; closing them");
+        s.abort();
+    }
+    // The loop looks at the stop signal between batches: this is quick.
+    if let Some(mut e) = event_loop
+        && tokio::time::timeout(Duration::from_millis(300), &mut e)
+            .await
+            .is_err()
+    {
+        e.abort();
+    }
+    let lost = kernel.events_lost_total();
+    drop(stats_fd);
+    eprintln!(
+        "fathom: {} events, {lost} lost",
+        events.load(Ordering::Relaxed)
+    );
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_every_check() {
+        let r = Readiness::default();
+        assert!(!r.report().0, "no checks yet: not ready");
+        r.set("programs", Ok("attached x".into()));
+        r.set("events", Ok("reading".into()));
+        let (ok, text) = r.report();
+        assert!(ok, "{text}");
+        r.set("events", Err("stopped".into()));
+        let (ok, text) = r.report();
+        assert!(!ok);
+        assert!(text.contains("events: not ready: stopped"), "{text}");
+    }
+
+    #[test]
+    fn default_listen_parses() {
+        let a: SocketAddr = DEFAULT_LISTEN.parse().unwrap();
+        assert_eq!(a.port(), 9717);
+    }
+}
