@@ -78,6 +78,11 @@ pub struct NetConfig {
     pub drop_events_per_sec: u64,
     /// Token bucket depth.
     pub drop_events_burst: u64,
+    /// Values of the fragment-queue drop reasons (FRAG_REASM_TIMEOUT, FRAG_TOO_FAR, DUP_FRAG;
+    /// u32::MAX when absent). Queued fragments have no usable `dev`/`sk` (both fields are
+    /// reused by the queue), so their namespace is taken from the fragment-path context of
+    /// the same CPU (see `NetContext`).
+    pub frag_reasons: [u32; 4],
 }
 
 impl NetConfig {
@@ -85,6 +90,7 @@ impl NetConfig {
         Self {
             drop_events_per_sec: 0,
             drop_events_burst: 0,
+            frag_reasons: [u32::MAX; 4],
         }
     }
 }
@@ -165,6 +171,21 @@ pub struct VxlanDev {
     pub _pad: u32,
 }
 
+/// Per CPU: the namespace of the last fragment received or of the last drop whose namespace
+/// was known. Fragment-queue purges run synchronously right after either (reassembly of the
+/// fragment that made a queue "too far"; `ip_expire` freeing the head then the rest), on the
+/// same CPU, so this names their namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetContext {
+    pub netns: u32,
+    pub ifindex: u32,
+    pub boot_ns: u64,
+}
+
+/// How old a [`NetContext`] may be to be used.
+pub const NET_CONTEXT_MAX_AGE_NS: u64 = 10_000_000;
+
 /// Bytes of the packet kept in a drop event, from the network header on.
 pub const DROP_SNAP_LEN: usize = 128;
 
@@ -200,5 +221,6 @@ mod pod {
     unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::DevKey {}
     unsafe impl aya::Pod for super::VxlanDev {}
+    unsafe impl aya::Pod for super::NetContext {}
     unsafe impl aya::Pod for super::PacketDropEvent {}
 }

@@ -18,13 +18,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    Counter, DROP_SNAP_LEN, DropKey, EventKind, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN,
-    PacketDropEvent,
+    Counter, DROP_SNAP_LEN, DropKey, EventKind, NET_CONTEXT_MAX_AGE_NS, NET_STAT_DROPS_MAP_FULL,
+    NET_STAT_DROPS_SEEN, PacketDropEvent,
 };
 
 use crate::{
     kread::{read, read_ptr},
-    maps::{DROP_RATE, DROPS, EVENTS, count_lost, count_suppressed, net_stat},
+    maps::{
+        DROP_RATE, DROPS, EVENTS, count_lost, count_suppressed, net_context, net_stat,
+        set_net_context,
+    },
     net_config, net_offsets,
     netns::{dev_netns, ip_fragment_info, network_header, sk_cgroup_id, sk_netns},
 };
@@ -45,10 +48,21 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
     let dev = unsafe { read_ptr(skb, o.skb_dev) }.unwrap_or(core::ptr::null());
     let sk = unsafe { read_ptr(skb, o.skb_sk) }.unwrap_or(core::ptr::null());
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let (netns, ifindex) = match unsafe { dev_netns(&o, &c, dev) } {
         Some(v) => v,
-        None => (unsafe { sk_netns(&o, &c, sk) }.unwrap_or(0), 0),
+        None => match unsafe { sk_netns(&o, &c, sk) } {
+            Some(ns) => (ns, 0),
+            // A queued fragment: dev and sk are reused by the queue (see NetContext).
+            None if c.frag_reasons.contains(&reason) => {
+                net_context(now, NET_CONTEXT_MAX_AGE_NS).unwrap_or((0, 0))
+            }
+            None => (0, 0),
+        },
     };
+    if netns != 0 {
+        set_net_context(netns, ifindex, now);
+    }
     let l3_proto = u16::from_be(unsafe { read::<u16>(skb, o.skb_protocol) }.unwrap_or(0));
     let len = unsafe { read::<u32>(skb, o.skb_len) }.unwrap_or(0);
     let nh = unsafe { network_header(&o, skb) };
@@ -92,7 +106,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.header.kind = EventKind::PacketDrop as u32;
     ev.header.size = core::mem::size_of::<PacketDropEvent>() as u32;
-    ev.header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.header.boot_ns = now;
     ev.key = key;
     ev.sk_cgroup_id = unsafe { sk_cgroup_id(&o, sk) };
     ev.len = len;

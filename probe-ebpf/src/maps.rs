@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use probe_common::{Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_SLOTS, VxlanDev};
+use probe_common::{
+    Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_SLOTS, NetContext, VxlanDev,
+};
 
 /// Ring buffer of event records (`probe_common::EventHeader` first). 1 MiB: an OOM record is
 /// ~3 KiB, a drop sample ~200 B.
@@ -34,6 +36,28 @@ pub static VXLAN_DEVS: HashMap<DevKey, VxlanDev> = HashMap::with_max_entries(409
 /// Health counters of the network programs (`NET_STAT_*` slots).
 #[map]
 pub static NET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_STAT_SLOTS, 0);
+
+/// Per-CPU fragment-path context (see `probe_common::NetContext`).
+#[map]
+pub static NET_CONTEXT: PerCpuArray<NetContext> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn set_net_context(netns: u32, ifindex: u32, now: u64) {
+    if let Some(c) = NET_CONTEXT.get_ptr_mut(0) {
+        unsafe {
+            (*c).netns = netns;
+            (*c).ifindex = ifindex;
+            (*c).boot_ns = now;
+        }
+    }
+}
+
+/// The context's (netns, ifindex) if recorded on this CPU within `max_age_ns` of `now`.
+#[inline(always)]
+pub fn net_context(now: u64, max_age_ns: u64) -> Option<(u32, u32)> {
+    let c = NET_CONTEXT.get(0)?;
+    (c.netns != 0 && now.saturating_sub(c.boot_ns) <= max_age_ns).then_some((c.netns, c.ifindex))
+}
 
 /// Per-CPU token bucket state of the drop-event rate limit.
 #[repr(C)]

@@ -21,7 +21,7 @@ use probe_common::{
 
 use crate::{
     kread::{read, read_ptr},
-    maps::{IF_COUNTS, VXLAN_DEVS, net_stat},
+    maps::{IF_COUNTS, VXLAN_DEVS, net_stat, set_net_context},
     net_config, net_offsets,
     netns::{dev_netns, ip_fragment_info, network_header},
 };
@@ -59,6 +59,11 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
     let Some((netns, ifindex)) = (unsafe { dev_netns(o, &c, dev) }) else {
         return;
     };
+    if is_frag && dir == DIRECTION_RX {
+        set_net_context(netns, ifindex, unsafe {
+            aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns()
+        });
+    }
     let dev_key = DevKey { netns, ifindex };
     let vxlan = unsafe { VXLAN_DEVS.get(&dev_key) };
     if !is_frag && vxlan.is_none() {
@@ -74,7 +79,8 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
     if let Some(v) = vxlan {
         add.vxlan_packets = 1;
         add.vxlan_bytes = len;
-        if dir == DIRECTION_TX {
+        // underlay_mtu 0: userspace could not find the underlay; no verdict.
+        if dir == DIRECTION_TX && v.underlay_mtu != 0 {
             add.vxlan_oversize =
                 unsafe { oversize_frames(o, skb, dev, len, v.underlay_mtu, v.overhead) };
         }

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod metrics;
 pub mod net;
 pub mod net_counters;
+pub mod netreport;
 pub mod offsets;
 pub mod oom;
 pub mod packet;

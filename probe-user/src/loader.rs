@@ -135,9 +135,20 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if let Err(e) = &net_offs {
         warn!(error = %e, "network programs disabled");
     }
+    let reason = |name: &str| {
+        btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(u32::MAX)
+    };
     let net_config = NetConfig {
         drop_events_per_sec: opts.drop_events_per_sec,
         drop_events_burst: opts.drop_events_burst.max(1),
+        frag_reasons: [
+            reason("FRAG_REASM_TIMEOUT"),
+            reason("FRAG_TOO_FAR"),
+            reason("DUP_FRAG"),
+            u32::MAX,
+        ],
     };
     let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default())?;
     let net_offs_value = net_offs.as_ref().copied().unwrap_or(NetOffsets::zeroed());

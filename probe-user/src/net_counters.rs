@@ -139,3 +139,25 @@ pub fn set_vxlan_devices(
     }
     Ok(())
 }
+
+/// The kernel map's contents for a topology's VXLAN devices (devices whose underlay is
+/// unknown get `underlay_mtu` 0: counted, but no oversize verdict).
+pub fn vxlan_map_from(entries: &[crate::net::topology::VxlanMapEntry]) -> HashMap<DevKey, VxlanDev> {
+    entries
+        .iter()
+        .map(|e| {
+            (
+                DevKey {
+                    netns: e.netns_inode,
+                    ifindex: e.ifindex,
+                },
+                VxlanDev {
+                    underlay_mtu: e.underlay_mtu,
+                    overhead: e.overhead,
+                    vni: e.vni,
+                    _pad: 0,
+                },
+            )
+        })
+        .collect()
+}

@@ -21,8 +21,11 @@ pub mod fathom;
 pub mod hygiene;
 pub mod image;
 pub mod netns;
+pub mod overlay;
 pub mod progs;
+pub mod prometheus;
 pub mod runc;
+pub mod serve;
 pub mod traffic;
 
 use std::io;

@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "kmod",
+    // containerd-client generates its gRPC code from .proto files at build time.
+    "protobuf-compiler",
 ];
 
 /// Daemons that package installs may start; tests start their own private instances.

@@ -1,0 +1,284 @@
+//! The overlay-MTU failure, end to end in the kernel: two namespaces joined by a veth with a
+//! VXLAN overlay; fathom's programs count fragments, VXLAN traffic and reassembly failures,
+//! and every count is checked against the namespaces' own /proc/net/snmp.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use fathom::{
+    btf::Btf,
+    drop_reason::ReasmCause,
+    loader, net,
+    net_counters::{self, set_vxlan_devices, vxlan_map_from},
+    netreport::{NetInterpreter, NetTotals},
+};
+use fathom_tests::{
+    NetNs, Side, VethPair,
+    overlay::{OVERLAY_B, Overlay},
+    require_root,
+    traffic::{UdpSink, ipv4_fragment, send_raw_ipv4, udp_send},
+    wait_until,
+};
+use probe_common::{DIRECTION_RX, DIRECTION_TX, IfCounters};
+
+fn load() -> loader::Loaded {
+    let l = loader::load_with(&loader::LoadOptions::default()).expect("load programs");
+    for s in &l.status {
+        assert!(s.attached, "{} not attached: {:?}", s.name, s.error);
+    }
+    l
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts the topology service, waits until it knows `ns`'s VXLAN device, and loads the
+/// VXLAN map the way the daemon does.
+fn topology_with_vxlan(
+    rt: &tokio::runtime::Runtime,
+    l: &mut loader::Loaded,
+    ns: &[&NetNs],
+) -> net::Topology {
+    let topo = rt.block_on(async { net::Topology::start() });
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let snap = rt.block_on(topo.rescan()).expect("rescan");
+        ns.iter()
+            .all(|n| snap.vxlans.iter().any(|v| v.netns as u64 == n.inode()))
+    });
+    assert!(ok, "topology never saw the VXLAN devices");
+    let entries = topo.snapshot().vxlan_map_entries();
+    set_vxlan_devices(&mut l.ebpf, &vxlan_map_from(&entries)).expect("VXLAN_DEVS");
+    topo
+}
+
+fn if_sum(l: &loader::Loaded, netns: u64, dir: u32) -> IfCounters {
+    let mut s = IfCounters::default();
+    for (k, c) in net_counters::interfaces(&l.ebpf).unwrap() {
+        if k.netns as u64 == netns && k.direction == dir {
+            s.frag_packets += c.frag_packets;
+            s.frag_first += c.frag_first;
+            s.vxlan_packets += c.vxlan_packets;
+            s.vxlan_oversize += c.vxlan_oversize;
+        }
+    }
+    s
+}
+
+fn totals(l: &loader::Loaded) -> NetTotals {
+    let btf = Btf::from_file(Btf::VMLINUX).unwrap();
+    let i = NetInterpreter::from_system(&btf);
+    i.totals(
+        &net_counters::drops(&l.ebpf).unwrap(),
+        &net_counters::interfaces(&l.ebpf).unwrap(),
+        None,
+    )
+}
+
+fn failures(t: &NetTotals, netns: u64, cause: ReasmCause) -> u64 {
+    t.reassembly_failures
+        .iter()
+        .filter(|r| r.netns as u64 == netns && r.cause == cause)
+        .map(|r| r.packets)
+        .sum()
+}
+
+type Snmp = BTreeMap<String, u64>;
+fn d(after: &Snmp, before: &Snmp, key: &str) -> u64 {
+    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
+}
+
+/// Resolves the overlay and underlay neighbours first: while ARP is pending the kernel queues
+/// only a few packets per neighbour and drops the rest of a burst.
+fn warm_up(o: &Overlay, sink: &UdpSink) {
+    for _ in 0..50 {
+        udp_send(&o.a, &format!("{OVERLAY_B}:5000"), 8, 1, None);
+        if wait_until(Duration::from_millis(200), Duration::from_millis(20), || {
+            sink.received() > 0
+        }) {
+            return;
+        }
+    }
+    panic!("overlay never carried a datagram");
+}
+
+#[test]
+fn correct_overlay_mtu_passes_large_datagrams_without_fragments() {
+    require_root!();
+    let mut l = load();
+    let o = Overlay::new(None);
+    assert_eq!(o.vxlan_mtu(), 1450);
+    let rt = rt();
+    let topo = topology_with_vxlan(&rt, &mut l, &[&o.a, &o.b]);
+    assert!(topo.snapshot().mismatches.is_empty());
+    let sink = UdpSink::bind(&o.b, &format!("{OVERLAY_B}:5000"));
+    warm_up(&o, &sink);
+    let (sa, sb) = (o.a.snmp(), o.b.snmp());
+    // The largest datagram the overlay carries unfragmented: 1450 - 28.
+    udp_send(&o.a, &format!("{OVERLAY_B}:5000"), 1422, 100, None);
+    assert!(wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        if_sum(&l, o.b.inode(), DIRECTION_RX).vxlan_packets >= 100
+    }));
+    assert_eq!(sink.finish() - 1, 100, "every datagram arrives");
+    let (sa2, sb2) = (o.a.snmp(), o.b.snmp());
+    let tx = if_sum(&l, o.a.inode(), DIRECTION_TX);
+    let rx = if_sum(&l, o.b.inode(), DIRECTION_RX);
+    assert_eq!(tx.frag_packets, 0);
+    assert_eq!(rx.frag_packets, 0);
+    assert_eq!(d(&sa2, &sa, "Ip.FragCreates"), 0);
+    assert_eq!(d(&sb2, &sb, "Ip.ReasmReqds"), 0);
+    assert!(tx.vxlan_packets >= 100, "{tx:?}");
+    assert_eq!(tx.vxlan_oversize, 0);
+}
+
+#[test]
+fn mismatched_overlay_is_flagged_and_its_fragments_match_snmp() {
+    require_root!();
+    let mut l = load();
+    let o = Overlay::new(Some(1500));
+    assert_eq!(o.vxlan_mtu(), 1500);
+    let rt = rt();
+    let topo = topology_with_vxlan(&rt, &mut l, &[&o.a, &o.b]);
+    let snap = topo.snapshot();
+    let m = snap
+        .mismatches
+        .iter()
+        .find(|m| m.netns as u64 == o.a.inode() && m.device == o.vxlan)
+        .unwrap_or_else(|| panic!("mismatch not flagged: {:?}", snap.mismatches));
+    assert_eq!((m.mtu, m.underlay_mtu, m.overhead, m.max_mtu), (1500, 1500, 50, 1450));
+    assert_eq!(m.vni, 4242);
+
+    let sink = UdpSink::bind(&o.b, &format!("{OVERLAY_B}:5000"));
+    warm_up(&o, &sink);
+    let (sa, sb) = (o.a.snmp(), o.b.snmp());
+    // 1472-byte datagrams fill the 1500 overlay MTU; IP_PMTUDISC_PROBE keeps the kernel from
+    // using the path MTU VXLAN caches, so every encapsulated packet (1550 bytes) is
+    // fragmented on the 1500 underlay.
+    udp_send(
+        &o.a,
+        &format!("{OVERLAY_B}:5000"),
+        1472,
+        50,
+        Some(libc::IP_PMTUDISC_PROBE),
+    );
+    assert!(wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        if_sum(&l, o.b.inode(), DIRECTION_RX).vxlan_packets >= 50
+    }));
+    let received = sink.finish() - 1;
+    let (sa2, sb2) = (o.a.snmp(), o.b.snmp());
+    let tx = if_sum(&l, o.a.inode(), DIRECTION_TX);
+    let rx = if_sum(&l, o.b.inode(), DIRECTION_RX);
+    assert_eq!(received, 50);
+    assert_eq!(tx.vxlan_oversize, 50, "{tx:?}");
+    assert!(d(&sa2, &sa, "Ip.FragCreates") >= 100);
+    assert_eq!(tx.frag_packets, d(&sa2, &sa, "Ip.FragCreates"));
+    assert_eq!(tx.frag_first, d(&sa2, &sa, "Ip.FragOKs"));
+    assert_eq!(rx.frag_packets, d(&sb2, &sb, "Ip.ReasmReqds"));
+    assert_eq!(rx.frag_first, d(&sb2, &sb, "Ip.ReasmOKs"));
+}
+
+#[test]
+fn fragment_queue_overflow_equals_reasm_fails() {
+    require_root!();
+    let l = load();
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(Some(&a), Some(&b));
+    veth.addr_up(Side::A, "10.201.10.1/24");
+    veth.addr_up(Side::B, "10.201.10.2/24");
+    // A queue memory limit no datagram fits in: every fragment that cannot be queued is
+    // dropped (ip_defrag: -ENOMEM, reason NOT_SPECIFIED) and counted in ReasmFails.
+    b.sysctl("net.ipv4.ipfrag_low_thresh", "0");
+    b.sysctl("net.ipv4.ipfrag_high_thresh", "1024");
+    let sb = b.snmp();
+    udp_send(&a, "10.201.10.2:5000", 3000, 200, Some(libc::IP_PMTUDISC_DONT));
+    std::thread::sleep(Duration::from_millis(300));
+    let sb2 = b.snmp();
+    let t = totals(&l);
+    let overflow = failures(&t, b.inode(), ReasmCause::QueueOverflow);
+    assert!(d(&sb2, &sb, "Ip.ReasmFails") > 100, "the limit must bite");
+    assert_eq!(overflow, d(&sb2, &sb, "Ip.ReasmFails"), "{t:?}");
+    // Attributed to the receiver only.
+    assert_eq!(failures(&t, a.inode(), ReasmCause::QueueOverflow), 0);
+}
+
+fn two_hosts() -> (NetNs, NetNs, VethPair) {
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(Some(&a), Some(&b));
+    veth.addr_up(Side::A, "10.201.11.1/24");
+    veth.addr_up(Side::B, "10.201.11.2/24");
+    (a, b, veth)
+}
+
+const SRC: [u8; 4] = [10, 201, 11, 1];
+const DST: [u8; 4] = [10, 201, 11, 2];
+
+#[test]
+fn incomplete_fragment_sets_time_out_and_equal_reasm_timeout() {
+    require_root!();
+    let l = load();
+    let (a, b, _veth) = two_hosts();
+    b.sysctl("net.ipv4.ipfrag_time", "1");
+    let sb = b.snmp();
+    // First fragments only: the sets never complete.
+    let packets = (0..20u16)
+        .map(|id| ipv4_fragment(SRC, DST, 1000 + id, 0, 512, true))
+        .collect();
+    send_raw_ipv4(&a, packets);
+    let done = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        d(&b.snmp(), &sb, "Ip.ReasmTimeout") >= 20
+    });
+    assert!(done, "queues did not expire");
+    std::thread::sleep(Duration::from_millis(200));
+    let sb2 = b.snmp();
+    let t = totals(&l);
+    assert_eq!(d(&sb2, &sb, "Ip.ReasmTimeout"), 20);
+    assert_eq!(failures(&t, b.inode(), ReasmCause::Timeout), 20, "{t:?}");
+}
+
+#[test]
+fn duplicate_fragments_are_classified() {
+    require_root!();
+    let l = load();
+    let (a, b, _veth) = two_hosts();
+    b.sysctl("net.ipv4.ipfrag_time", "1");
+    // Each first fragment twice: the second copy is a duplicate.
+    let mut packets = Vec::new();
+    for id in 0..10u16 {
+        let f = ipv4_fragment(SRC, DST, 2000 + id, 0, 512, true);
+        packets.push(f.clone());
+        packets.push(f);
+    }
+    send_raw_ipv4(&a, packets);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = totals(&l);
+    assert_eq!(failures(&t, b.inode(), ReasmCause::Duplicate), 10, "{t:?}");
+}
+
+#[test]
+fn fragments_too_far_apart_are_classified() {
+    require_root!();
+    let l = load();
+    let (a, b, _veth) = two_hosts();
+    // With ipfrag_max_dist=1, a datagram whose fragments are separated by more than one
+    // fragment of other datagrams from the same peer is restarted (ip_frag_too_far).
+    b.sysctl("net.ipv4.ipfrag_max_dist", "1");
+    b.sysctl("net.ipv4.ipfrag_time", "1");
+    let sb = b.snmp();
+    let mut packets = vec![ipv4_fragment(SRC, DST, 3000, 0, 512, true)];
+    for id in 0..3u16 {
+        packets.push(ipv4_fragment(SRC, DST, 3100 + id, 0, 512, true));
+    }
+    packets.push(ipv4_fragment(SRC, DST, 3000, 512, 512, true));
+    send_raw_ipv4(&a, packets);
+    std::thread::sleep(Duration::from_millis(300));
+    let sb2 = b.snmp();
+    let t = totals(&l);
+    // The first fragment of datagram 3000 is purged when its second fragment arrives too
+    // late; queued fragments carry no device, the namespace comes from the receive context.
+    let too_far = failures(&t, b.inode(), ReasmCause::TooFar);
+    assert_eq!(too_far, 1, "{t:?}");
+    assert_eq!(d(&sb2, &sb, "Ip.ReasmFails"), 1);
+}
