@@ -79,7 +79,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
         _pad: 0,
         location,
     };
-    match DROPS.get_ptr_mut(&key) {
+    match DROPS.get_ptr_mut(key) {
         Some(v) => unsafe {
             (*v).packets += 1;
             (*v).bytes += len as u64;
@@ -89,7 +89,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 packets: 1,
                 bytes: len as u64,
             };
-            if DROPS.insert(&key, &v, 0).is_err() {
+            if DROPS.insert(key, v, 0).is_err() {
                 net_stat(NET_STAT_DROPS_MAP_FULL);
             }
         }
@@ -145,11 +145,7 @@ fn take_token(rate: u64, burst: u64) -> bool {
     let elapsed = now.saturating_sub(state.last_ns);
     // Refill in whole tokens; keep the remainder of the interval for the next refill.
     let per_token_ns = 1_000_000_000 / rate;
-    let new_tokens = if per_token_ns == 0 {
-        burst
-    } else {
-        elapsed / per_token_ns
-    };
+    let new_tokens = elapsed.checked_div(per_token_ns).unwrap_or(burst);
     if new_tokens > 0 {
         state.tokens = (state.tokens + new_tokens).min(burst);
         state.last_ns = if state.tokens >= burst {

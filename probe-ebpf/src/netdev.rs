@@ -65,7 +65,7 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
         });
     }
     let dev_key = DevKey { netns, ifindex };
-    let vxlan = unsafe { VXLAN_DEVS.get(&dev_key) };
+    let vxlan = unsafe { VXLAN_DEVS.get(dev_key) };
     if !is_frag && vxlan.is_none() {
         return;
     }
@@ -91,7 +91,7 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
         direction: dir,
         _pad: 0,
     };
-    match IF_COUNTS.get_ptr_mut(&key) {
+    match IF_COUNTS.get_ptr_mut(key) {
         Some(c) => unsafe {
             (*c).frag_packets += add.frag_packets;
             (*c).frag_bytes += add.frag_bytes;
@@ -101,7 +101,7 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
             (*c).vxlan_oversize += add.vxlan_oversize;
         },
         None => {
-            if IF_COUNTS.insert(&key, &add, 0).is_err() {
+            if IF_COUNTS.insert(key, add, 0).is_err() {
                 net_stat(NET_STAT_IF_MAP_FULL);
             }
         }

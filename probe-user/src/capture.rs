@@ -7,8 +7,9 @@ use tracing::warn;
 
 use crate::{
     READY_MARKER,
+    loader::LoadOptions,
     oom::OomKill,
-    pipeline::{Event, EventSink, Pipeline, PipelineOptions, SinkError},
+    pipeline::{Event, EventSink, Pipeline, SinkError},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -160,8 +161,9 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives while loading must still end us cleanly.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut pipeline = Pipeline::start(&PipelineOptions {
+    let mut pipeline = Pipeline::start(&LoadOptions {
         btf_path: opts.btf_path.clone(),
+        ..LoadOptions::default()
     })?;
     eprintln!(
         "{READY_MARKER}: attached {}",

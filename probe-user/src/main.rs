@@ -62,8 +62,8 @@ enum Command {
         #[arg(long)]
         no_workload_labels: bool,
         /// Make the kernel count program run time while fathom runs, for
-        /// fathom_bpf_program_run_seconds_total / _runs_total (costs ~20 ns per run; the
-        /// sysctl kernel.bpf_stats_enabled is not touched).
+        /// fathom_bpf_program_run_seconds_total / _runs_total (adds two clock reads per run;
+        /// the sysctl kernel.bpf_stats_enabled is not touched).
         #[arg(long)]
         bpf_stats: bool,
         /// Kernel BTF to read struct offsets from.

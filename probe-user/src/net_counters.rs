@@ -142,7 +142,9 @@ pub fn set_vxlan_devices(
 
 /// The kernel map's contents for a topology's VXLAN devices (devices whose underlay is
 /// unknown get `underlay_mtu` 0: counted, but no oversize verdict).
-pub fn vxlan_map_from(entries: &[crate::net::topology::VxlanMapEntry]) -> HashMap<DevKey, VxlanDev> {
+pub fn vxlan_map_from(
+    entries: &[crate::net::topology::VxlanMapEntry],
+) -> HashMap<DevKey, VxlanDev> {
     entries
         .iter()
         .map(|e| {

@@ -2,9 +2,9 @@
 //!
 //! [`Pipeline::start`] loads and attaches the kernel programs ([`loader`]) and owns what comes
 //! out of them:
-//! - the ring buffer `EVENTS`, read by [`Pipeline::run`] on a tokio [`AsyncFd`]; each record is
-//!   decoded ([`events`]) and interpreted ([`oom`]) into a typed [`Event`] and handed to an
-//!   [`EventSink`] (capture's renderer, serve's metrics);
+//! - the ring buffer `EVENTS`, read by [`Pipeline::run`] on a tokio [`AsyncFd`]; each record
+//!   is decoded ([`events`]) and interpreted ([`crate::oom`]) into a typed [`Event`] and handed
+//!   to an [`EventSink`] (capture's renderer, serve's metrics);
 //! - the [`Kernel`] handle: the loaded `aya::Ebpf` (maps and programs) behind a lock, with the
 //!   per-program attach status. Collectors read counter maps through it at scrape time.
 //!
@@ -30,7 +30,7 @@ use crate::{
     cgroup::{Hierarchies, Resolver},
     clock::BootClock,
     events::{self, RawEvent},
-    loader::{self, LoadError, ProgramStatus},
+    loader::{self, LoadError, LoadOptions, ProgramStatus},
     oom::{OomInterpreter, OomKill},
 };
 
@@ -255,13 +255,6 @@ impl Kernel {
     }
 }
 
-/// Options of [`Pipeline::start`].
-#[derive(Clone, Debug)]
-pub struct PipelineOptions {
-    /// Kernel BTF to compute struct offsets from.
-    pub btf_path: String,
-}
-
 /// The loaded programs and the ring-buffer reader.
 pub struct Pipeline {
     kernel: Kernel,
@@ -270,9 +263,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads and attaches the programs and prepares the ring-buffer reader.
-    pub fn start(opts: &PipelineOptions) -> Result<Self, PipelineError> {
-        let mut loaded = loader::load_and_attach(&opts.btf_path)?;
+    /// Loads and attaches the programs as `opts` says and prepares the ring-buffer reader.
+    pub fn start(opts: &LoadOptions) -> Result<Self, PipelineError> {
+        let mut loaded = loader::load_with(opts)?;
         let map = loaded
             .ebpf
             .take_map(EVENTS_MAP)

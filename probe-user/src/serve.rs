@@ -37,8 +37,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     READY_MARKER,
+    loader::LoadOptions,
     metrics::{Format, Metrics, MetricsOptions, MetricsSink, labels::CgroupPathLabels},
-    pipeline::{Event, EventSink, Kernel, Pipeline, PipelineError, PipelineOptions, SinkError},
+    pipeline::{Event, EventSink, Kernel, Pipeline, PipelineError, SinkError},
 };
 
 /// Default listen address: all interfaces, because Prometheus scrapes a DaemonSet pod by its
@@ -49,8 +50,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9717";
 /// of the usual 1 min, so the final value is scraped several times before it disappears.
 pub const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(300);
 
-/// How long in-flight scrapes may take after SIGTERM; the whole stop stays under 2 s.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// How long in-flight requests may take after SIGTERM. A scrape takes milliseconds; what
+/// hits this is a client that sent half a request and stalls (hyper waits for the rest). 1 s
+/// keeps the whole stop well under the 2 s a DaemonSet rollout allows.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -207,8 +210,9 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
 
-    let mut pipeline = Pipeline::start(&PipelineOptions {
+    let mut pipeline = Pipeline::start(&LoadOptions {
         btf_path: opts.btf_path.clone(),
+        ..LoadOptions::default()
     })?;
     let kernel: Kernel = pipeline.kernel().clone();
 
@@ -315,7 +319,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     if let Some(mut s) = server
         && tokio::time::timeout(SHUTDOWN_GRACE, &mut s).await.is_err()
     {
-        warn!(grace = ?SHUTDOWN_GRACE, "scrapes still running after the grace period; closing them");
+        warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; closing them");
         s.abort();
     }
     // The loop looks at the stop signal between batches: this is quick.

@@ -36,8 +36,8 @@ impl Overlay {
         ] {
             let vni = VNI.to_string();
             let mut args = vec![
-                "ip", "link", "add", &vxlan, "type", "vxlan", "id", &vni, "local", local,
-                "remote", remote, "dstport", "4789",
+                "ip", "link", "add", &vxlan, "type", "vxlan", "id", &vni, "local", local, "remote",
+                remote, "dstport", "4789",
             ];
             let dev = veth.name(side).to_string();
             if overlay_mtu.is_none() {
@@ -55,7 +55,12 @@ impl Overlay {
 
     /// MTU of the VXLAN device in `a`.
     pub fn vxlan_mtu(&self) -> u32 {
-        let o = self.a.exec_ok(&["cat", &format!("/sys/class/net/{}/mtu", self.vxlan)]);
-        String::from_utf8_lossy(&o.stdout).trim().parse().expect("mtu")
+        let o = self
+            .a
+            .exec_ok(&["cat", &format!("/sys/class/net/{}/mtu", self.vxlan)]);
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .expect("mtu")
     }
 }

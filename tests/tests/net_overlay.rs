@@ -96,9 +96,11 @@ fn d(after: &Snmp, before: &Snmp, key: &str) -> u64 {
 fn warm_up(o: &Overlay, sink: &UdpSink) {
     for _ in 0..50 {
         udp_send(&o.a, &format!("{OVERLAY_B}:5000"), 8, 1, None);
-        if wait_until(Duration::from_millis(200), Duration::from_millis(20), || {
-            sink.received() > 0
-        }) {
+        if wait_until(
+            Duration::from_millis(200),
+            Duration::from_millis(20),
+            || sink.received() > 0,
+        ) {
             return;
         }
     }
@@ -119,9 +121,11 @@ fn correct_overlay_mtu_passes_large_datagrams_without_fragments() {
     let (sa, sb) = (o.a.snmp(), o.b.snmp());
     // The largest datagram the overlay carries unfragmented: 1450 - 28.
     udp_send(&o.a, &format!("{OVERLAY_B}:5000"), 1422, 100, None);
-    assert!(wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
-        if_sum(&l, o.b.inode(), DIRECTION_RX).vxlan_packets >= 100
-    }));
+    assert!(wait_until(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || { if_sum(&l, o.b.inode(), DIRECTION_RX).vxlan_packets >= 100 }
+    ));
     assert_eq!(sink.finish() - 1, 100, "every datagram arrives");
     let (sa2, sb2) = (o.a.snmp(), o.b.snmp());
     let tx = if_sum(&l, o.a.inode(), DIRECTION_TX);
@@ -148,7 +152,10 @@ fn mismatched_overlay_is_flagged_and_its_fragments_match_snmp() {
         .iter()
         .find(|m| m.netns as u64 == o.a.inode() && m.device == o.vxlan)
         .unwrap_or_else(|| panic!("mismatch not flagged: {:?}", snap.mismatches));
-    assert_eq!((m.mtu, m.underlay_mtu, m.overhead, m.max_mtu), (1500, 1500, 50, 1450));
+    assert_eq!(
+        (m.mtu, m.underlay_mtu, m.overhead, m.max_mtu),
+        (1500, 1500, 50, 1450)
+    );
     assert_eq!(m.vni, 4242);
 
     let sink = UdpSink::bind(&o.b, &format!("{OVERLAY_B}:5000"));
@@ -164,9 +171,11 @@ fn mismatched_overlay_is_flagged_and_its_fragments_match_snmp() {
         50,
         Some(libc::IP_PMTUDISC_PROBE),
     );
-    assert!(wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
-        if_sum(&l, o.b.inode(), DIRECTION_RX).vxlan_packets >= 50
-    }));
+    assert!(wait_until(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || { if_sum(&l, o.b.inode(), DIRECTION_RX).vxlan_packets >= 50 }
+    ));
     let received = sink.finish() - 1;
     let (sa2, sb2) = (o.a.snmp(), o.b.snmp());
     let tx = if_sum(&l, o.a.inode(), DIRECTION_TX);
@@ -193,7 +202,13 @@ fn fragment_queue_overflow_equals_reasm_fails() {
     b.sysctl("net.ipv4.ipfrag_low_thresh", "0");
     b.sysctl("net.ipv4.ipfrag_high_thresh", "1024");
     let sb = b.snmp();
-    udp_send(&a, "10.201.10.2:5000", 3000, 200, Some(libc::IP_PMTUDISC_DONT));
+    udp_send(
+        &a,
+        "10.201.10.2:5000",
+        3000,
+        200,
+        Some(libc::IP_PMTUDISC_DONT),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let sb2 = b.snmp();
     let t = totals(&l);

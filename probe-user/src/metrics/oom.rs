@@ -106,11 +106,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        clock::BootClock,
-        metrics::labels::CgroupPathLabels,
-        oom::OomInterpreter,
-    };
+    use crate::{clock::BootClock, metrics::labels::CgroupPathLabels, oom::OomInterpreter};
 
     fn kill() -> OomKill {
         let rec = crate::events::tests::as_bytes(&crate::events::tests::sample_record());
@@ -151,5 +147,29 @@ mod tests {
         oom.record(&kill());
         let s = oom.collect_at(Instant::now() + Duration::from_secs(3600));
         assert_eq!(s, vec![((WorkloadLabels::default(), "cgroup"), 1)]);
+    }
+
+    #[test]
+    fn encodes_one_counter_family_in_both_formats() {
+        let oom = Arc::new(OomKills::new(Duration::from_secs(5), all_gone(), true));
+        oom.record(&kill());
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(oom));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("# TYPE fathom_oom_kills_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fathom_oom_kills_total{namespace=\"\",pod=\"\",container=\"\",cgroup=\"/a/b\",scope=\"cgroup\"} 1\n"
+            ),
+            "{text}"
+        );
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &registry).unwrap();
+        assert!(om.contains("# TYPE fathom_oom_kills counter\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
     }
 }
