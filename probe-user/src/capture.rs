@@ -1,15 +1,20 @@
-//! `fathom capture`: live events on a terminal (table) or as JSON lines.
+//! `fathom capture`: live events on a terminal (table) or as JSON lines, and on exit a
+//! summary of the in-kernel counts gathered while it ran.
 
 use std::{io::Write, ops::ControlFlow, time::Duration};
 
+use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::warn;
 
 use crate::{
     READY_MARKER,
+    attribution::{Workload, WorkloadFilter},
     loader::LoadOptions,
+    net_counters,
+    netreport::{MtuMismatchEvent, NetTotals, PacketDrop},
     oom::OomKill,
-    pipeline::{Event, EventSink, Pipeline, SinkError},
+    pipeline::{Event, EventSink, Pipeline, PipelineConfig, SinkError},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,12 +25,103 @@ pub enum Output {
     Json,
 }
 
+/// Families of events `--kind` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// OOM kills.
+    Oom,
+    /// Packet drops of every reason (reassembly failures included).
+    Drop,
+    /// IP fragmentation: reassembly failures.
+    Frag,
+    /// VXLAN: MTU mismatches and drops on VXLAN devices or of VXLAN packets.
+    Vxlan,
+}
+
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
     pub output: Output,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     pub btf_path: String,
+    /// Event families to show (empty = all).
+    pub kinds: Vec<Kind>,
+    /// Drop reasons to show (names as in the JSON, e.g. NO_SOCKET; empty = all).
+    pub reasons: Vec<String>,
+    pub workload: WorkloadFilter,
+    /// Print the in-kernel totals when the capture ends.
+    pub summary: bool,
+    /// Drop samples per second per CPU let into the ring buffer.
+    pub drop_events_per_sec: u64,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        let load = LoadOptions::default();
+        Self {
+            output: Output::Table,
+            duration: None,
+            count: None,
+            btf_path: load.btf_path,
+            kinds: Vec::new(),
+            reasons: Vec::new(),
+            workload: WorkloadFilter::default(),
+            summary: false,
+            drop_events_per_sec: load.drop_events_per_sec,
+        }
+    }
+}
+
+/// Which events the options let through.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub kinds: Vec<Kind>,
+    pub reasons: Vec<String>,
+    pub workload: WorkloadFilter,
+}
+
+impl EventFilter {
+    pub fn matches(&self, event: &Event) -> bool {
+        let want = |k: Kind| self.kinds.is_empty() || self.kinds.contains(&k);
+        let kind_ok = match event {
+            Event::OomKill(_) => want(Kind::Oom),
+            Event::PacketDrop(d) => {
+                want(Kind::Drop)
+                    || (want(Kind::Frag) && d.cause.is_some())
+                    || (want(Kind::Vxlan)
+                        && (d.vxlan_device == Some(true)
+                            || crate::drop_reason::is_vxlan_reason(&d.reason)
+                            || d.packet.as_ref().is_some_and(|p| p.vxlan.is_some())))
+            }
+            Event::MtuMismatch(_) => want(Kind::Vxlan),
+        };
+        if !kind_ok {
+            return false;
+        }
+        if !self.reasons.is_empty() {
+            match event {
+                Event::PacketDrop(d) => {
+                    if !self
+                        .reasons
+                        .iter()
+                        .any(|r| r.eq_ignore_ascii_case(&d.reason))
+                    {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        self.workload.is_empty() || self.workload.matches(workload_of(event))
+    }
+}
+
+fn workload_of(event: &Event) -> &Workload {
+    match event {
+        Event::OomKill(e) => &e.workload,
+        Event::PacketDrop(e) => &e.workload,
+        Event::MtuMismatch(e) => &e.workload,
+    }
 }
 
 /// Renders events to a writer.
@@ -34,6 +130,9 @@ pub struct Renderer<W: Write> {
     output: Output,
     header_done: bool,
 }
+
+const TABLE_HEADER: &str =
+    "TIME         KIND               WHERE                                    DETAILS";
 
 impl<W: Write> Renderer<W> {
     pub fn new(out: W, output: Output) -> Self {
@@ -44,26 +143,145 @@ impl<W: Write> Renderer<W> {
         }
     }
 
-    pub fn oom(&mut self, e: &OomKill) -> std::io::Result<()> {
+    fn write<T: Serialize>(
+        &mut self,
+        value: &T,
+        row: impl FnOnce() -> String,
+    ) -> std::io::Result<()> {
         match self.output {
             Output::Json => {
-                serde_json::to_writer(&mut self.out, e)?;
+                serde_json::to_writer(&mut self.out, value)?;
                 writeln!(self.out)?;
             }
             Output::Table => {
                 if !self.header_done {
-                    writeln!(
-                        self.out,
-                        "{:<12} {:<9} {:>8} {:<16} {:<48} DETAILS",
-                        "TIME", "KIND", "PID", "COMM", "WHERE"
-                    )?;
+                    writeln!(self.out, "{TABLE_HEADER}")?;
                     self.header_done = true;
                 }
-                writeln!(self.out, "{}", table_row(e))?;
+                writeln!(self.out, "{}", row())?;
             }
         }
         self.out.flush()
     }
+
+    pub fn oom(&mut self, e: &OomKill) -> std::io::Result<()> {
+        self.write(e, || oom_row(e))
+    }
+
+    pub fn drop(&mut self, e: &PacketDrop) -> std::io::Result<()> {
+        self.write(e, || drop_row(e))
+    }
+
+    pub fn mismatch(&mut self, e: &MtuMismatchEvent) -> std::io::Result<()> {
+        self.write(e, || mismatch_row(e))
+    }
+
+    pub fn event(&mut self, event: &Event) -> std::io::Result<()> {
+        match event {
+            Event::OomKill(e) => self.oom(e),
+            Event::PacketDrop(e) => self.drop(e),
+            Event::MtuMismatch(e) => self.mismatch(e),
+        }
+    }
+
+    /// The closing summary: one `"kind": "summary"` JSON line, or a few tables.
+    pub fn summary(&mut self, s: &Summary) -> std::io::Result<()> {
+        match self.output {
+            Output::Json => {
+                serde_json::to_writer(&mut self.out, s)?;
+                writeln!(self.out)?;
+            }
+            Output::Table => {
+                let t = &s.totals;
+                writeln!(self.out, "\nSUMMARY (in-kernel counts while capturing)")?;
+                writeln!(
+                    self.out,
+                    "{:<12} {:<28} {:>12} {:>14}",
+                    "NETNS", "DROP REASON", "PACKETS", "BYTES"
+                )?;
+                for d in &t.drops {
+                    writeln!(
+                        self.out,
+                        "{:<12} {:<28} {:>12} {:>14}",
+                        d.netns, d.reason, d.packets, d.bytes
+                    )?;
+                }
+                if !t.reassembly_failures.is_empty() {
+                    writeln!(
+                        self.out,
+                        "{:<12} {:<28} {:>12}",
+                        "NETNS", "REASSEMBLY FAILURE", "COUNT"
+                    )?;
+                    for r in &t.reassembly_failures {
+                        writeln!(
+                            self.out,
+                            "{:<12} {:<28} {:>12}",
+                            r.netns,
+                            format!("{} ({})", r.cause, r.version),
+                            r.packets
+                        )?;
+                    }
+                }
+                if !t.fragments.is_empty() {
+                    writeln!(
+                        self.out,
+                        "{:<12} {:<16} {:<4} {:>12} {:>12}",
+                        "NETNS", "DEVICE", "DIR", "FRAGMENTS", "DATAGRAMS"
+                    )?;
+                    for f in &t.fragments {
+                        let dev = f
+                            .device
+                            .clone()
+                            .unwrap_or_else(|| format!("if{}", f.ifindex));
+                        writeln!(
+                            self.out,
+                            "{:<12} {:<16} {:<4} {:>12} {:>12}",
+                            f.netns, dev, f.direction, f.packets, f.datagrams
+                        )?;
+                    }
+                }
+                if !t.vxlan.is_empty() {
+                    writeln!(
+                        self.out,
+                        "{:<12} {:<16} {:>8} {:<4} {:>12} {:>10}",
+                        "NETNS", "VXLAN", "VNI", "DIR", "PACKETS", "OVERSIZE"
+                    )?;
+                    for v in &t.vxlan {
+                        let dev = v
+                            .device
+                            .clone()
+                            .unwrap_or_else(|| format!("if{}", v.ifindex));
+                        let vni = v.vni.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+                        writeln!(
+                            self.out,
+                            "{:<12} {:<16} {:>8} {:<4} {:>12} {:>10}",
+                            v.netns, dev, vni, v.direction, v.packets, v.oversize
+                        )?;
+                    }
+                }
+                writeln!(
+                    self.out,
+                    "events: {} shown, {} suppressed by the rate limit, {} lost (ring full)",
+                    s.events_shown, s.events_suppressed, s.events_lost
+                )?;
+            }
+        }
+        self.out.flush()
+    }
+}
+
+/// What `--summary` prints at the end (`"kind": "summary"`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub totals: NetTotals,
+    /// Events printed (after filters).
+    pub events_shown: u64,
+    /// Drop samples the per-CPU rate limit kept out of the ring (their drops are counted).
+    pub events_suppressed: u64,
+    /// Events the full ring buffer refused.
+    pub events_lost: u64,
 }
 
 /// Human-readable byte count (binary units).
@@ -82,24 +300,51 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn table_row(e: &OomKill) -> String {
-    let time = e.time.get(11..23).unwrap_or(&e.time);
-    let place = match (&e.pod, &e.container) {
-        (Some(p), Some(c)) => format!("pod {} ctr {}", short(&p.uid, 8), short(&c.id, 12)),
-        (None, Some(c)) => format!("{} {}", c.runtime, short(&c.id, 12)),
-        _ => e
-            .memcg
+fn short(s: &str, n: usize) -> &str {
+    s.get(..n).unwrap_or(s)
+}
+
+/// `namespace/pod container` with names when known, short ids otherwise.
+pub fn workload_label(w: &Workload) -> Option<String> {
+    let pod = w
+        .pod
+        .as_ref()
+        .map(|p| match (&p.namespace, &p.name, &p.uid) {
+            (Some(ns), Some(n), _) => format!("{ns}/{n}"),
+            (None, Some(n), _) => n.clone(),
+            (_, None, Some(uid)) => format!("pod {}", short(uid, 8)),
+            _ => "pod ?".to_string(),
+        });
+    let ctr = w.container.as_ref().map(|c| match &c.name {
+        Some(n) => n.clone(),
+        None => format!("{} {}", c.runtime.as_str(), short(&c.id, 12)),
+    });
+    match (pod, ctr) {
+        (Some(p), Some(c)) => Some(format!("{p} {c}")),
+        (Some(p), None) => Some(p),
+        (None, Some(c)) => Some(c),
+        (None, None) => None,
+    }
+}
+
+fn time_col(t: &str) -> &str {
+    t.get(11..23).unwrap_or(t)
+}
+
+fn oom_row(e: &OomKill) -> String {
+    let place = workload_label(&e.workload).unwrap_or_else(|| {
+        e.memcg
             .as_ref()
             .and_then(|m| m.path.clone())
             .or_else(|| e.victim.cgroup_path.clone())
-            .unwrap_or_else(|| "?".into()),
-    };
+            .unwrap_or_else(|| "?".into())
+    });
     let limit = e
         .memcg
         .as_ref()
         .map(|m| {
             format!(
-                "usage={}/{}",
+                "usage={}/{} ",
                 human_bytes(m.usage_bytes),
                 m.limit_bytes
                     .map(human_bytes)
@@ -108,12 +353,12 @@ fn table_row(e: &OomKill) -> String {
         })
         .unwrap_or_default();
     format!(
-        "{:<12} {:<9} {:>8} {:<16} {:<48} {} domain={}:{} rss={} adj={} trigger={}({})",
-        time,
+        "{:<12} {:<18} {:<40} pid={} comm={} {}domain={}:{} rss={} adj={} trigger={}({})",
+        time_col(&e.time),
         e.kind,
+        place,
         e.victim.pid,
         e.victim.comm,
-        place,
         limit,
         e.oom_domain.scope.as_str(),
         e.oom_domain.path,
@@ -124,23 +369,94 @@ fn table_row(e: &OomKill) -> String {
     )
 }
 
-fn short(s: &str, n: usize) -> &str {
-    s.get(..n).unwrap_or(s)
+fn drop_row(e: &PacketDrop) -> String {
+    let place = workload_label(&e.workload).unwrap_or_else(|| {
+        format!(
+            "netns {} {}",
+            e.netns,
+            e.device.clone().unwrap_or_else(|| if e.ifindex == 0 {
+                "-".into()
+            } else {
+                format!("if{}", e.ifindex)
+            })
+        )
+    });
+    let what = match &e.packet {
+        Some(p) => {
+            let ports = match (p.outer.src_port, p.outer.dst_port) {
+                (Some(s), Some(d)) => format!(" {}:{s} > {}:{d}", p.outer.src, p.outer.dst),
+                _ => format!(" {} > {}", p.outer.src, p.outer.dst),
+            };
+            let vx = p
+                .vxlan
+                .as_ref()
+                .map(|v| {
+                    let inner = v
+                        .inner
+                        .as_ref()
+                        .map(|i| format!(" inner {} > {}", i.src, i.dst))
+                        .unwrap_or_default();
+                    format!(" vni={}{inner}", v.vni)
+                })
+                .unwrap_or_default();
+            format!("{ports}{vx}")
+        }
+        None => String::new(),
+    };
+    let cause = e.cause.map(|c| format!(" cause={c}")).unwrap_or_default();
+    format!(
+        "{:<12} {:<18} {:<40} reason={}{cause} at={} len={}{what}",
+        time_col(&e.time),
+        e.kind,
+        place,
+        e.reason,
+        e.location.as_deref().unwrap_or("?"),
+        e.len,
+    )
 }
 
-/// Capture's sink: renders every event and counts them against `--count`.
+fn mismatch_row(e: &MtuMismatchEvent) -> String {
+    let m = &e.mismatch;
+    let place =
+        workload_label(&e.workload).unwrap_or_else(|| format!("netns {} {}", m.netns, m.device));
+    let evidence = e
+        .evidence
+        .map(|ev| {
+            format!(
+                " oversize={} (+{})",
+                ev.oversize_packets, ev.oversize_packets_new
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{:<12} {:<18} {:<40} {} vni={} mtu={} > {} (underlay {} mtu {} - {}){evidence}",
+        time_col(&e.time),
+        e.kind,
+        place,
+        m.device,
+        m.vni,
+        m.mtu,
+        m.max_mtu,
+        m.underlay,
+        m.underlay_mtu,
+        m.overhead,
+    )
+}
+
+/// Capture's sink: filters, renders and counts events against `--count`.
 struct RenderSink<W: Write> {
     renderer: Renderer<W>,
+    filter: EventFilter,
     count: Option<u64>,
     printed: u64,
 }
 
 impl<W: Write> EventSink for RenderSink<W> {
     fn handle(&mut self, event: Event) -> Result<ControlFlow<()>, SinkError> {
-        let written = match &event {
-            Event::OomKill(e) => self.renderer.oom(e),
-        };
-        match written {
+        if !self.filter.matches(&event) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        match self.renderer.event(&event) {
             Ok(()) => self.printed += 1,
             // The reader went away (`fathom capture | head`): a normal end, not an error.
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -161,9 +477,13 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives while loading must still end us cleanly.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut pipeline = Pipeline::start(&LoadOptions {
-        btf_path: opts.btf_path.clone(),
-        ..LoadOptions::default()
+    let mut pipeline = Pipeline::start_with(&PipelineConfig {
+        load: LoadOptions {
+            btf_path: opts.btf_path.clone(),
+            drop_events_per_sec: opts.drop_events_per_sec,
+            ..LoadOptions::default()
+        },
+        ..PipelineConfig::default()
     })?;
     eprintln!(
         "{READY_MARKER}: attached {}",
@@ -173,6 +493,11 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut sink = RenderSink {
         renderer: Renderer::new(stdout.lock(), opts.output),
+        filter: EventFilter {
+            kinds: opts.kinds.clone(),
+            reasons: opts.reasons.clone(),
+            workload: opts.workload.clone(),
+        },
         count: opts.count,
         printed: 0,
     };
@@ -192,9 +517,34 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     if opts.count != Some(0) {
         pipeline.run(&mut sink, stop).await?;
     }
-    let lost = pipeline.kernel().events_lost_total();
+    let kernel = pipeline.kernel();
+    let lost = kernel.events_lost_total();
     if lost > 0 {
         warn!(lost, "events lost because the ring buffer was full");
+    }
+    if opts.summary {
+        let totals =
+            kernel.with_ebpf(|ebpf| -> Result<NetTotals, net_counters::CountersError> {
+                let drops = net_counters::drops(ebpf)?;
+                let ifs = net_counters::interfaces(ebpf)?;
+                let snap = pipeline.topology().map(|t| t.snapshot());
+                Ok(pipeline
+                    .net_interpreter()
+                    .totals(&drops, &ifs, snap.as_deref()))
+            })?;
+        let suppressed = kernel.events_suppressed().iter().map(|s| s.count).sum();
+        let summary = Summary {
+            kind: "summary",
+            totals,
+            events_shown: sink.printed,
+            events_suppressed: suppressed,
+            events_lost: lost,
+        };
+        if let Err(e) = sink.renderer.summary(&summary)
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            return Err(e.into());
+        }
     }
     eprintln!("fathom: {} events, {lost} lost", sink.printed);
     Ok(())

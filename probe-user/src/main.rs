@@ -37,9 +37,32 @@ enum Command {
         /// Stop after this long (e.g. 30s, 5m).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
-        /// Stop after this many events.
+        /// Stop after this many events (after filters).
         #[arg(long)]
         count: Option<u64>,
+        /// Only these event families (repeat or comma-separate): oom, drop, frag, vxlan.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        kind: Vec<capture::Kind>,
+        /// Only drops with these reasons, as the kernel names them (e.g. NO_SOCKET,
+        /// FRAG_REASM_TIMEOUT; repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        reason: Vec<String>,
+        /// Only events of pods in this Kubernetes namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only events of this pod (name or UID).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only events of this container (name, or id prefix of at least 4 characters).
+        #[arg(long)]
+        container: Option<String>,
+        /// When the capture ends, print the in-kernel totals gathered meanwhile (drops by
+        /// reason, reassembly failures by cause, fragments and VXLAN traffic per device).
+        #[arg(long)]
+        summary: bool,
+        /// Drop samples per second and CPU shown at most (the totals stay exact).
+        #[arg(long, default_value_t = 100)]
+        drop_events_per_sec: u64,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
@@ -126,12 +149,28 @@ fn main() -> ExitCode {
             output,
             duration,
             count,
+            kind,
+            reason,
+            namespace,
+            pod,
+            container,
+            summary,
+            drop_events_per_sec,
             btf,
         } => rt.block_on(capture::run(capture::CaptureOptions {
             output,
             duration,
             count,
             btf_path: btf,
+            kinds: kind,
+            reasons: reason,
+            workload: fathom::attribution::WorkloadFilter {
+                namespace,
+                pod,
+                container,
+            },
+            summary,
+            drop_events_per_sec,
         })),
         Command::Serve {
             listen,

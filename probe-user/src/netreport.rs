@@ -12,11 +12,12 @@ use probe_common::{Counter, DIRECTION_TX, DropKey, IfCounters, IfKey};
 use serde::Serialize;
 
 use crate::{
+    attribution::Workload,
     clock::BootClock,
     drop_reason::{self, DropReasons, IpVersion, ReasmCause},
     events::RawPacketDrop,
     kallsyms::Kallsyms,
-    net::TopologySnapshot,
+    net::{MtuMismatch, TopologySnapshot},
     packet::{self, PacketSummary},
 };
 
@@ -70,6 +71,48 @@ pub struct PacketDrop {
     pub socket_cgroup_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vxlan_device: Option<bool>,
+    /// Container / pod owning the namespace (or the socket), when known.
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+/// A VXLAN device whose MTU is too large for its underlay (`"kind": "mtu_mismatch"`). Sent
+/// when the device is seen mismatched, and again with `evidence` when its traffic shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MtuMismatchEvent {
+    pub time: String,
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub mismatch: MtuMismatch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<MismatchEvidence>,
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+/// Traffic that proves a mismatch: frames whose encapsulated packet exceeded the underlay MTU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MismatchEvidence {
+    /// Since fathom started.
+    pub oversize_packets: u64,
+    /// Since the previous report of this device.
+    pub oversize_packets_new: u64,
+}
+
+impl MtuMismatchEvent {
+    pub fn new(
+        mismatch: MtuMismatch,
+        evidence: Option<MismatchEvidence>,
+        workload: Workload,
+    ) -> Self {
+        Self {
+            time: jiff::Timestamp::now().to_string(),
+            kind: "mtu_mismatch",
+            mismatch,
+            evidence,
+            workload,
+        }
+    }
 }
 
 impl NetInterpreter {
@@ -150,6 +193,7 @@ impl NetInterpreter {
             packet,
             socket_cgroup_id: (d.sk_cgroup_id != 0).then_some(d.sk_cgroup_id),
             vxlan_device,
+            workload: Workload::default(),
         }
     }
 

@@ -11,6 +11,7 @@
 use serde::Serialize;
 
 use crate::{
+    attribution::Workload,
     cgroup::{Resolver, path_from_leaf_first},
     clock::BootClock,
     container::{self, Scope},
@@ -63,18 +64,6 @@ pub struct Rss {
     pub shmem: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ContainerInfo {
-    pub id: String,
-    pub runtime: &'static str,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PodInfo {
-    pub uid: String,
-    pub qos: &'static str,
-}
-
 /// One OOM kill, as printed by `fathom capture --output json` (see README, "JSON events").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OomKill {
@@ -87,10 +76,14 @@ pub struct OomKill {
     pub oom_score_adj: i32,
     pub rss_bytes: Rss,
     pub total_vm_bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodInfo>,
+    /// Container and pod (names filled in by the attribution layer when a runtime knows
+    /// them): top-level `"container"` / `"pod"` keys, absent when unknown.
+    #[serde(flatten)]
+    pub workload: Workload,
+    /// The cgroup path the workload was derived from (the v2 path, or the memcg path on hybrid
+    /// hosts where the runtime only joined v1 controllers).
+    #[serde(skip)]
+    pub attribution_path: Option<String>,
 }
 
 /// Turns raw kernel records into [`OomKill`]s; owns the id → path fallbacks.
@@ -175,7 +168,7 @@ impl OomInterpreter {
         };
         let workload = attribution_path
             .as_deref()
-            .map(container::parse)
+            .map(Workload::from_path)
             .unwrap_or_default();
 
         let bytes = |pages: u64| pages.saturating_mul(self.page_size);
@@ -204,14 +197,8 @@ impl OomInterpreter {
                 shmem: bytes(k.rss_shmem_pages),
             },
             total_vm_bytes: bytes(k.total_vm_pages),
-            container: workload.container.map(|c| ContainerInfo {
-                id: c.id,
-                runtime: c.runtime.as_str(),
-            }),
-            pod: workload.pod.map(|p| PodInfo {
-                uid: p.uid,
-                qos: p.qos.as_str(),
-            }),
+            workload,
+            attribution_path,
         }
     }
 
@@ -350,8 +337,11 @@ mod tests {
         let e = interp().interpret(&k);
         assert_eq!(e.oom_domain.path, format!("/kubepods/burstable/pod{uid}"));
         assert_eq!(e.oom_domain.scope, Scope::Pod);
-        assert_eq!(e.pod.unwrap().qos, "burstable");
-        assert_eq!(e.container.unwrap().id, ID);
+        assert_eq!(
+            e.workload.pod.unwrap().qos,
+            Some(crate::container::Qos::Burstable)
+        );
+        assert_eq!(e.workload.container.unwrap().id, ID);
     }
 
     #[test]

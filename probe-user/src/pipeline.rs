@@ -12,6 +12,7 @@
 //! programs (their links are file descriptors owned by it).
 
 use std::{
+    collections::HashMap,
     future::Future,
     ops::ControlFlow,
     sync::{Arc, Mutex, MutexGuard},
@@ -24,13 +25,18 @@ use aya::{
 };
 use probe_common::EventKind;
 use tokio::io::{Interest, unix::AsyncFd};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::{
+    attribution::{AttributionConfig, Attributor, Hierarchy, Workload},
+    btf::Btf,
     cgroup::{Hierarchies, Resolver},
     clock::BootClock,
-    events::{self, RawEvent},
+    events::{self, RawEvent, RawPacketDrop},
     loader::{self, LoadError, LoadOptions, ProgramStatus},
+    net::{Topology, TopologyEvent},
+    net_counters,
+    netreport::{MismatchEvidence, MtuMismatchEvent, NetInterpreter, PacketDrop},
     oom::{OomInterpreter, OomKill},
 };
 
@@ -48,10 +54,39 @@ const KIND_SLOTS: u32 = 8;
 const MAX_BATCH: usize = 1024;
 
 /// Something the kernel reported, decoded and interpreted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Event {
     OomKill(OomKill),
+    /// A sampled packet drop (`kind` `packet_drop` or `reassembly_failure`).
+    PacketDrop(PacketDrop),
+    MtuMismatch(MtuMismatchEvent),
 }
+
+/// What the pipeline starts besides the kernel programs.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub load: LoadOptions,
+    /// Container / pod attribution (runtime sockets, cache bounds).
+    pub attribution: AttributionConfig,
+    /// Watch network namespaces and links (VXLAN devices, MTU mismatches).
+    pub topology: bool,
+    /// How long an OOM event may wait for the container runtime to name its container.
+    pub oom_name_wait: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            attribution: AttributionConfig::default(),
+            topology: true,
+            oom_name_wait: Duration::from_millis(300),
+        }
+    }
+}
+
+/// How often mismatched VXLAN devices are checked for traffic that proves the mismatch.
+const EVIDENCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Errors a sink may return; the pipeline stops and passes them on.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -255,16 +290,33 @@ impl Kernel {
     }
 }
 
-/// The loaded programs and the ring-buffer reader.
+/// The loaded programs and the ring-buffer reader, with the services that interpret what
+/// they report: attribution, the network topology, drop classification.
 pub struct Pipeline {
     kernel: Kernel,
     ring: AsyncFd<RingBuf<MapData>>,
     oom: OomInterpreter,
+    net: Arc<NetInterpreter>,
+    topology: Option<Arc<Topology>>,
+    attributor: Attributor,
+    oom_name_wait: Duration,
+    /// Oversize counts last reported per mismatched VXLAN device.
+    evidence: HashMap<(u32, u32), u64>,
 }
 
 impl Pipeline {
-    /// Loads and attaches the programs as `opts` says and prepares the ring-buffer reader.
+    /// Loads and attaches the programs as `opts` says, with the default services.
     pub fn start(opts: &LoadOptions) -> Result<Self, PipelineError> {
+        Self::start_with(&PipelineConfig {
+            load: opts.clone(),
+            ..PipelineConfig::default()
+        })
+    }
+
+    /// Loads and attaches the programs and starts the services `cfg` asks for. Must run inside
+    /// a tokio runtime.
+    pub fn start_with(cfg: &PipelineConfig) -> Result<Self, PipelineError> {
+        let opts = &cfg.load;
         let mut loaded = loader::load_with(opts)?;
         let map = loaded
             .ebpf
@@ -287,11 +339,132 @@ impl Pipeline {
             hier.unified.clone().map(Resolver::new),
             hier.memory.clone().map(Resolver::new),
         );
+        let btf = Btf::from_file(&opts.btf_path).map_err(LoadError::from)?;
+        let net = Arc::new(NetInterpreter::from_system(&btf));
+        let topology = cfg.topology.then(|| Arc::new(Topology::start()));
         Ok(Self {
             kernel: Kernel::new(loaded.ebpf, loaded.status),
             ring,
             oom,
+            net,
+            topology,
+            attributor: Attributor::start(cfg.attribution.clone()),
+            oom_name_wait: cfg.oom_name_wait,
+            evidence: HashMap::new(),
         })
+    }
+
+    /// Drop classification and naming, shared with collectors.
+    pub fn net_interpreter(&self) -> Arc<NetInterpreter> {
+        self.net.clone()
+    }
+
+    /// The network topology service, when enabled.
+    pub fn topology(&self) -> Option<Arc<Topology>> {
+        self.topology.clone()
+    }
+
+    /// The attribution service (cheap to clone).
+    pub fn attributor(&self) -> &Attributor {
+        &self.attributor
+    }
+
+    /// Loads the topology's VXLAN devices into the kernel's `VXLAN_DEVS` map.
+    fn sync_vxlan_map(&self) {
+        let Some(t) = &self.topology else { return };
+        let entries = t.snapshot().vxlan_map_entries();
+        let devs = net_counters::vxlan_map_from(&entries);
+        if let Err(e) = self
+            .kernel
+            .with_ebpf_mut(|ebpf| net_counters::set_vxlan_devices(ebpf, &devs))
+        {
+            warn!(error = %e, "cannot update the VXLAN device map");
+        }
+    }
+
+    fn mismatch_event(
+        &self,
+        m: crate::net::MtuMismatch,
+        evidence: Option<MismatchEvidence>,
+    ) -> Event {
+        let workload = self.attributor.by_netns(m.netns).unwrap_or_default();
+        Event::MtuMismatch(MtuMismatchEvent::new(m, evidence, workload))
+    }
+
+    /// Mismatched devices whose oversize count grew since the last report.
+    fn mismatch_evidence(&mut self) -> Vec<Event> {
+        let Some(t) = &self.topology else {
+            return Vec::new();
+        };
+        let snap = t.snapshot();
+        if snap.mismatches.is_empty() {
+            return Vec::new();
+        }
+        let Ok(ifs) = self.kernel.with_ebpf(net_counters::interfaces) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for m in &snap.mismatches {
+            let oversize: u64 = ifs
+                .iter()
+                .filter(|(k, _)| k.netns == m.netns && k.ifindex == m.ifindex)
+                .map(|(_, c)| c.vxlan_oversize)
+                .sum();
+            let last = self
+                .evidence
+                .get(&(m.netns, m.ifindex))
+                .copied()
+                .unwrap_or(0);
+            if oversize > last {
+                self.evidence.insert((m.netns, m.ifindex), oversize);
+                out.push((m.clone(), oversize, oversize - last));
+            }
+        }
+        out.into_iter()
+            .map(|(m, total, new)| {
+                self.mismatch_event(
+                    m,
+                    Some(MismatchEvidence {
+                        oversize_packets: total,
+                        oversize_packets_new: new,
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Names a drop and attributes it by network namespace, else by the socket's cgroup.
+    fn packet_drop(&self, d: &RawPacketDrop) -> PacketDrop {
+        let snap = self.topology.as_ref().map(|t| t.snapshot());
+        let mut e = self.net.drop_event(d, snap.as_deref());
+        e.workload = self
+            .attributor
+            .by_netns(d.key.netns)
+            .or_else(|| {
+                (d.sk_cgroup_id != 0)
+                    .then(|| {
+                        self.attributor
+                            .by_cgroup_id(Hierarchy::Unified, d.sk_cgroup_id)
+                    })
+                    .flatten()
+                    .map(|p| self.attributor.by_cgroup_path(&p))
+            })
+            .unwrap_or_default();
+        e
+    }
+
+    /// Completes an OOM kill's workload with runtime names, waiting a bounded time.
+    async fn name_oom(&self, mut k: OomKill) -> OomKill {
+        if let Some(path) = k.attribution_path.clone() {
+            let w: Workload = self
+                .attributor
+                .resolve_cgroup_path(&path, self.oom_name_wait)
+                .await;
+            if !w.is_empty() {
+                k.workload = w;
+            }
+        }
+        k
     }
 
     /// The shared handle to the loaded programs and maps.
@@ -307,14 +480,60 @@ impl Pipeline {
         stop: impl Future<Output = ()>,
     ) -> Result<RunEnd, PipelineError> {
         tokio::pin!(stop);
+        // Topology: report what is already known, then follow changes.
+        let mut topo_rx = match &self.topology {
+            Some(t) => {
+                let (snap, rx) = t.subscribe_with_snapshot();
+                self.sync_vxlan_map();
+                for m in snap.mismatches.clone() {
+                    let ev = self.mismatch_event(m, None);
+                    if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
+                        return Ok(RunEnd::SinkDone);
+                    }
+                }
+                Some(rx)
+            }
+            None => None,
+        };
+        let mut evidence_tick = tokio::time::interval(EVIDENCE_INTERVAL);
+        evidence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // A stop request wins over pending records: SIGTERM must end us promptly.
                 biased;
                 _ = &mut stop => return Ok(RunEnd::Stopped),
+                ev = recv_topology(&mut topo_rx) => {
+                    let mut out = Vec::new();
+                    match ev {
+                        Some(Ok(TopologyEvent::VxlanAdded(_)))
+                        | Some(Ok(TopologyEvent::VxlanRemoved(_)))
+                        | Some(Ok(TopologyEvent::VxlanChanged(_))) => self.sync_vxlan_map(),
+                        Some(Ok(TopologyEvent::MtuMismatch(m))) => {
+                            self.sync_vxlan_map();
+                            out.push(self.mismatch_event(m, None));
+                        }
+                        Some(Ok(_)) => {}
+                        // Missed events: the snapshot is still right; resynchronise the map.
+                        Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => self.sync_vxlan_map(),
+                        Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) | None => topo_rx = None,
+                    }
+                    for ev in out {
+                        if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
+                            return Ok(RunEnd::SinkDone);
+                        }
+                    }
+                }
+                _ = evidence_tick.tick() => {
+                    for ev in self.mismatch_evidence() {
+                        if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
+                            return Ok(RunEnd::SinkDone);
+                        }
+                    }
+                }
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.map_err(PipelineError::Ring)?;
                     let rb = guard.get_inner_mut();
+                    let mut batch = Vec::new();
                     let mut handled = 0;
                     let mut drained = false;
                     while handled < MAX_BATCH {
@@ -323,13 +542,9 @@ impl Pipeline {
                             break;
                         };
                         handled += 1;
-                        let event = to_event(&mut self.oom, &item);
-                        // Release the record before the sink runs: the kernel can reuse it.
-                        drop(item);
-                        if let Some(event) = event
-                            && sink.handle(event).map_err(PipelineError::Sink)?.is_break()
-                        {
-                            return Ok(RunEnd::SinkDone);
+                        // Copied out at once: the kernel reuses the record when `item` drops.
+                        if let Some(raw) = decode(&item) {
+                            batch.push(raw);
                         }
                     }
                     // Epoll readiness is edge-triggered: only clear it once the ring is empty,
@@ -337,26 +552,52 @@ impl Pipeline {
                     if drained {
                         guard.clear_ready();
                     }
+                    drop(guard);
+                    for raw in batch {
+                        let event = match raw {
+                            RawEvent::OomKill(k) => {
+                                let k = self.oom.interpret(&k);
+                                Event::OomKill(self.name_oom(k).await)
+                            }
+                            RawEvent::PacketDrop(d) => Event::PacketDrop(self.packet_drop(&d)),
+                        };
+                        if sink.handle(event).map_err(PipelineError::Sink)?.is_break() {
+                            return Ok(RunEnd::SinkDone);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Decodes and interprets one ring-buffer record.
-fn to_event(oom: &mut OomInterpreter, record: &[u8]) -> Option<Event> {
+/// Next topology event, or never when there is no topology.
+async fn recv_topology(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<TopologyEvent>>,
+) -> Option<Result<TopologyEvent, tokio::sync::broadcast::error::RecvError>> {
+    match rx {
+        Some(rx) => Some(rx.recv().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Decodes one ring-buffer record; undecodable ones are logged and skipped.
+fn decode(record: &[u8]) -> Option<RawEvent> {
     match events::decode(record) {
-        Ok(RawEvent::OomKill(k)) => Some(Event::OomKill(oom.interpret(&k))),
-        // Kinds decoded by `events` but without a typed event (and a sink) yet.
-        #[allow(unreachable_patterns)]
-        Ok(other) => {
-            debug!(event = ?std::mem::discriminant(&other), "event kind not handled yet");
-            None
-        }
+        Ok(ev) => Some(ev),
         Err(err) => {
             warn!(error = %err, "undecodable event");
             None
         }
+    }
+}
+
+/// Decodes and interprets an OOM record (no attribution): for tests.
+#[cfg(test)]
+fn to_event(oom: &mut OomInterpreter, record: &[u8]) -> Option<Event> {
+    match decode(record)? {
+        RawEvent::OomKill(k) => Some(Event::OomKill(oom.interpret(&k))),
+        RawEvent::PacketDrop(_) => None,
     }
 }
 
@@ -391,6 +632,6 @@ mod tests {
             panic!("no OOM event");
         };
         assert_eq!(k.victim.pid, 100);
-        assert_eq!(to_event(&mut oom, &[1, 2, 3]), None);
+        assert!(to_event(&mut oom, &[1, 2, 3]).is_none());
     }
 }

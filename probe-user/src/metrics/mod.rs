@@ -105,6 +105,9 @@ impl Metrics {
     pub fn record(&self, event: &Event) {
         match event {
             Event::OomKill(k) => self.oom.record(k),
+            // Network families read the in-kernel counters at scrape time: the samples and
+            // mismatch events carry nothing the counters do not.
+            Event::PacketDrop(_) | Event::MtuMismatch(_) => {}
         }
     }
 
