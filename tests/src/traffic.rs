@@ -7,7 +7,15 @@ use crate::NetNs;
 
 /// Runs `f` on a new thread that has joined `ns`'s network namespace.
 pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.path();
+    in_netns_path(ns.path(), f)
+}
+
+/// Runs `f` on a new thread that has joined the network namespace at `path` (a bind mount or
+/// `/proc/<pid>/ns/net`).
+pub fn in_netns_path<T: Send + 'static>(
+    path: std::path::PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     std::thread::spawn(move || {
         let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         // SAFETY: valid fd; CLONE_NEWNET only changes this thread's network namespace.
@@ -30,8 +38,19 @@ pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 's
 /// larger than the route MTU; `IP_PMTUDISC_PROBE` sends with DF and ignores cached path MTUs
 /// (what keeps VXLAN fragmenting the *outer* packet, see platform.md); `None` = default.
 pub fn udp_send(ns: &NetNs, dst: &str, size: usize, count: usize, pmtudisc: Option<libc::c_int>) {
+    udp_send_path(ns.path(), dst, size, count, pmtudisc)
+}
+
+/// [`udp_send`] from the network namespace at `path`.
+pub fn udp_send_path(
+    path: std::path::PathBuf,
+    dst: &str,
+    size: usize,
+    count: usize,
+    pmtudisc: Option<libc::c_int>,
+) {
     let dst = dst.to_string();
-    in_netns(ns, move || {
+    in_netns_path(path, move || {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("bind udp");
         if let Some(v) = pmtudisc {
             // SAFETY: valid socket and option buffer.
