@@ -297,3 +297,56 @@ fn fragments_too_far_apart_are_classified() {
     assert_eq!(too_far, 1, "{t:?}");
     assert_eq!(d(&sb2, &sb, "Ip.ReasmFails"), 1);
 }
+
+fn snmp6(ns: &NetNs) -> Snmp {
+    let out = ns.exec_ok(&["cat", "/proc/net/snmp6"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn ipv6_fragment_queue_overflow_equals_reasm_fails() {
+    require_root!();
+    let l = load();
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(Some(&a), Some(&b));
+    for (side, addr) in [(Side::A, "fd00:fa7::1/64"), (Side::B, "fd00:fa7::2/64")] {
+        let dev = veth.name(side).to_string();
+        veth.ip(side, &["addr", "add", addr, "dev", &dev, "nodad"]);
+        veth.ip(side, &["link", "set", &dev, "up"]);
+    }
+    b.sysctl("net.ipv6.ip6frag_low_thresh", "0");
+    b.sysctl("net.ipv6.ip6frag_high_thresh", "1024");
+    // Neighbour discovery first, so the burst is not cut by the unresolved-neighbour queue.
+    udp_send(&a, "[fd00:fa7::2]:5000", 8, 1, None);
+    std::thread::sleep(Duration::from_millis(300));
+    let sb = snmp6(&b);
+    fathom_tests::traffic::in_netns(&a, || {
+        let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+        let buf = vec![0u8; 3000];
+        for _ in 0..100 {
+            let _ = s.send_to(&buf, "[fd00:fa7::2]:5000");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let sb2 = snmp6(&b);
+    let t = totals(&l);
+    let fails = d(&sb2, &sb, "Ip6ReasmFails");
+    assert!(fails > 50, "the limit must bite: {fails}");
+    let overflow: u64 = t
+        .reassembly_failures
+        .iter()
+        .filter(|r| {
+            r.netns as u64 == b.inode()
+                && r.cause == ReasmCause::QueueOverflow
+                && r.version == fathom::drop_reason::IpVersion::V6
+        })
+        .map(|r| r.packets)
+        .sum();
+    assert_eq!(overflow, fails, "{t:?}");
+}
