@@ -9,7 +9,7 @@ use tracing::warn;
 
 use crate::{
     READY_MARKER,
-    attribution::{Workload, WorkloadFilter},
+    attribution::{AttributionConfig, Workload, WorkloadFilter},
     loader::LoadOptions,
     net_counters,
     netreport::{MtuMismatchEvent, NetTotals, PacketDrop},
@@ -53,6 +53,8 @@ pub struct CaptureOptions {
     pub summary: bool,
     /// Drop samples per second per CPU let into the ring buffer.
     pub drop_events_per_sec: u64,
+    /// Runtime sockets and cache bounds of the attribution layer.
+    pub attribution: AttributionConfig,
 }
 
 impl Default for CaptureOptions {
@@ -68,6 +70,7 @@ impl Default for CaptureOptions {
             workload: WorkloadFilter::default(),
             summary: false,
             drop_events_per_sec: load.drop_events_per_sec,
+            attribution: AttributionConfig::default(),
         }
     }
 }
@@ -483,6 +486,7 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
             drop_events_per_sec: opts.drop_events_per_sec,
             ..LoadOptions::default()
         },
+        attribution: opts.attribution.clone(),
         ..PipelineConfig::default()
     })?;
     eprintln!(

@@ -17,6 +17,15 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// containerd socket asked for container and pod names ("" disables).
+    #[arg(long, global = true, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: String,
+    /// Docker Engine API socket asked for container names ("" disables).
+    #[arg(long, global = true, default_value = "/var/run/docker.sock")]
+    docker_socket: String,
+    /// CRI-O socket asked for container and pod names ("" disables).
+    #[arg(long, global = true, default_value = "/run/crio/crio.sock")]
+    crio_socket: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +104,21 @@ enum Command {
     },
 }
 
+/// Runtime sockets for attribution; an empty path disables that runtime.
+fn attribution_config(
+    containerd: &str,
+    docker: &str,
+    crio: &str,
+) -> fathom::attribution::AttributionConfig {
+    let sock = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+    fathom::attribution::AttributionConfig {
+        containerd_socket: sock(containerd),
+        docker_socket: sock(docker),
+        crio_socket: sock(crio),
+        ..Default::default()
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FATHOM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -171,6 +195,11 @@ fn main() -> ExitCode {
             },
             summary,
             drop_events_per_sec,
+            attribution: attribution_config(
+                &cli.containerd_socket,
+                &cli.docker_socket,
+                &cli.crio_socket,
+            ),
         })),
         Command::Serve {
             listen,

@@ -50,7 +50,8 @@ fn containerd_oom_event_gets_pod_and_container_names_from_labels() {
     let ctd = Containerd::start();
     ctd.import("k8s.io", &image);
     let attr = Attributor::start(config(&ctd));
-    let mut fathom = FathomCapture::start(&[]);
+    let socket = ctd.socket().display().to_string();
+    let mut fathom = FathomCapture::start(&["--containerd-socket", &socket, "--docker-socket", ""]);
     fathom.wait_ready(Duration::from_secs(30));
 
     let (uid, id) = (pod_uid(), container_id_64hex());
@@ -80,6 +81,13 @@ fn containerd_oom_event_gets_pod_and_container_names_from_labels() {
                 fathom.stderr()
             )
         });
+
+    // The event itself carries the names fathom asked containerd for.
+    assert_eq!(ev["container"]["name"], "alloc", "{ev}");
+    assert_eq!(ev["container"]["runtime"], "containerd");
+    assert_eq!(ev["pod"]["name"], "web-0");
+    assert_eq!(ev["pod"]["namespace"], "shop");
+    assert_eq!(ev["pod"]["uid"], uid.as_str());
 
     let w = rt.block_on(attr.resolve_cgroup_path(ev["memcg"]["path"].as_str().unwrap(), LOOKUP));
     let json = serde_json::to_value(&w).unwrap();

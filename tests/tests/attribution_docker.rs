@@ -32,7 +32,8 @@ fn docker_oom_event_gets_the_container_name() {
         docker_socket: Some(dockerd.socket()),
         ..AttributionConfig::without_runtimes()
     });
-    let mut fathom = FathomCapture::start(&[]);
+    let socket = dockerd.socket().display().to_string();
+    let mut fathom = FathomCapture::start(&["--docker-socket", &socket, "--containerd-socket", ""]);
     fathom.wait_ready(Duration::from_secs(30));
 
     let name = format!("oomy-{}", short_suffix());
@@ -56,6 +57,10 @@ fn docker_oom_event_gets_the_container_name() {
                 fathom.stderr()
             )
         });
+    // The event itself carries the name fathom asked dockerd for.
+    assert_eq!(ev["container"]["name"], name.as_str(), "{ev}");
+    assert_eq!(ev["container"]["runtime"], "docker");
+    assert_eq!(ev["container"]["id"], c.id());
     let ev_path = ev["memcg"]["path"].as_str().unwrap();
     // From the path alone a bare id under an arbitrary parent looks like containerd's layout.
     assert_eq!(
