@@ -1,20 +1,15 @@
 //! The network programs' in-kernel counts, read straight from their maps, against the test
 //! namespaces' own /proc/net/snmp. Each test loads its own copy of the programs.
 
+mod common;
+
+use common::{delta, if_sum, load};
 use fathom::{btf::Btf, loader, net_counters};
 use fathom_tests::{
     NetNs, Side, VethPair, require_root,
     traffic::{UdpSink, udp_send},
 };
-use probe_common::{DIRECTION_RX, DIRECTION_TX, IfCounters};
-
-fn load() -> loader::Loaded {
-    let l = loader::load_with(&loader::LoadOptions::default()).expect("load programs");
-    for s in &l.status {
-        assert!(s.attached, "{} not attached: {:?}", s.name, s.error);
-    }
-    l
-}
+use probe_common::{DIRECTION_RX, DIRECTION_TX};
 
 fn drop_reason(name: &str) -> u32 {
     let btf = Btf::from_file(Btf::VMLINUX).unwrap();
@@ -29,27 +24,6 @@ fn drops_in(l: &loader::Loaded, netns: u64, reason: u32) -> u64 {
         .filter(|(k, _)| k.netns as u64 == netns && k.reason == reason)
         .map(|(_, c)| c.packets)
         .sum()
-}
-
-fn if_sum(l: &loader::Loaded, netns: u64, dir: u32) -> IfCounters {
-    let mut s = IfCounters::default();
-    for (k, c) in net_counters::interfaces(&l.ebpf).unwrap() {
-        if k.netns as u64 == netns && k.direction == dir {
-            s.frag_packets += c.frag_packets;
-            s.frag_first += c.frag_first;
-            s.vxlan_packets += c.vxlan_packets;
-            s.vxlan_oversize += c.vxlan_oversize;
-        }
-    }
-    s
-}
-
-fn delta(
-    after: &std::collections::BTreeMap<String, u64>,
-    before: &std::collections::BTreeMap<String, u64>,
-    key: &str,
-) -> u64 {
-    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
 }
 
 #[test]

@@ -2,7 +2,11 @@
 //! VXLAN overlay; fathom's programs count fragments, VXLAN traffic and reassembly failures,
 //! and every count is checked against the namespaces' own /proc/net/snmp.
 
-use std::{collections::BTreeMap, time::Duration};
+mod common;
+
+use std::time::Duration;
+
+use common::{Snmp, delta as d, if_sum, load};
 
 use fathom::{
     btf::Btf,
@@ -18,15 +22,7 @@ use fathom_tests::{
     traffic::{UdpSink, ipv4_fragment, send_raw_ipv4, udp_send},
     wait_until,
 };
-use probe_common::{DIRECTION_RX, DIRECTION_TX, IfCounters};
-
-fn load() -> loader::Loaded {
-    let l = loader::load_with(&loader::LoadOptions::default()).expect("load programs");
-    for s in &l.status {
-        assert!(s.attached, "{} not attached: {:?}", s.name, s.error);
-    }
-    l
-}
+use probe_common::{DIRECTION_RX, DIRECTION_TX};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -55,19 +51,6 @@ fn topology_with_vxlan(
     topo
 }
 
-fn if_sum(l: &loader::Loaded, netns: u64, dir: u32) -> IfCounters {
-    let mut s = IfCounters::default();
-    for (k, c) in net_counters::interfaces(&l.ebpf).unwrap() {
-        if k.netns as u64 == netns && k.direction == dir {
-            s.frag_packets += c.frag_packets;
-            s.frag_first += c.frag_first;
-            s.vxlan_packets += c.vxlan_packets;
-            s.vxlan_oversize += c.vxlan_oversize;
-        }
-    }
-    s
-}
-
 fn totals(l: &loader::Loaded) -> NetTotals {
     let btf = Btf::from_file(Btf::VMLINUX).unwrap();
     let i = NetInterpreter::from_system(&btf);
@@ -84,11 +67,6 @@ fn failures(t: &NetTotals, netns: u64, cause: ReasmCause) -> u64 {
         .filter(|r| r.netns as u64 == netns && r.cause == cause)
         .map(|r| r.packets)
         .sum()
-}
-
-type Snmp = BTreeMap<String, u64>;
-fn d(after: &Snmp, before: &Snmp, key: &str) -> u64 {
-    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
 }
 
 /// Resolves the overlay and underlay neighbours first: while ARP is pending the kernel queues
