@@ -218,6 +218,11 @@ fn main() -> ExitCode {
                 workload_labels: !no_workload_labels,
                 bpf_stats,
                 btf_path: btf,
+                attribution: attribution_config(
+                    &cli.containerd_socket,
+                    &cli.docker_socket,
+                    &cli.crio_socket,
+                ),
             }))
             .map_err(anyhow::Error::from),
     };

@@ -116,6 +116,41 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
     per_cpu_array_sum(ebpf, "EVENTS_LOST", 8)
 }
 
+/// Deletes every `DROPS` and `IF_COUNTS` key of network namespace `netns` (it is gone: its
+/// inode may be reused by a new namespace, whose counts must start from zero).
+pub fn forget_netns(ebpf: &mut aya::Ebpf, netns: u32) -> Result<usize, CountersError> {
+    let mut removed = 0;
+    {
+        let m = ebpf
+            .map_mut("DROPS")
+            .ok_or(CountersError::MissingMap("DROPS"))?;
+        let mut m: PerCpuHashMap<&mut MapData, DropKey, Counter> =
+            PerCpuHashMap::try_from(m).map_err(map_err("DROPS"))?;
+        let keys: Vec<DropKey> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns == netns)
+            .collect();
+        for k in keys {
+            removed += usize::from(m.remove(&k).is_ok());
+        }
+    }
+    let m = ebpf
+        .map_mut("IF_COUNTS")
+        .ok_or(CountersError::MissingMap("IF_COUNTS"))?;
+    let mut m: PerCpuHashMap<&mut MapData, IfKey, IfCounters> =
+        PerCpuHashMap::try_from(m).map_err(map_err("IF_COUNTS"))?;
+    let keys: Vec<IfKey> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.netns == netns)
+        .collect();
+    for k in keys {
+        removed += usize::from(m.remove(&k).is_ok());
+    }
+    Ok(removed)
+}
+
 /// Replaces the contents of `VXLAN_DEVS` with `devs`.
 pub fn set_vxlan_devices(
     ebpf: &mut aya::Ebpf,

@@ -72,6 +72,9 @@ pub struct PipelineConfig {
     pub topology: bool,
     /// How long an OOM event may wait for the container runtime to name its container.
     pub oom_name_wait: Duration,
+    /// Delete the counter-map keys of network namespaces that are gone (the exporter); a
+    /// capture keeps them for its closing summary.
+    pub forget_removed_netns: bool,
 }
 
 impl Default for PipelineConfig {
@@ -81,6 +84,7 @@ impl Default for PipelineConfig {
             attribution: AttributionConfig::default(),
             topology: true,
             oom_name_wait: Duration::from_millis(300),
+            forget_removed_netns: false,
         }
     }
 }
@@ -300,6 +304,7 @@ pub struct Pipeline {
     topology: Option<Arc<Topology>>,
     attributor: Attributor,
     oom_name_wait: Duration,
+    forget_removed_netns: bool,
     /// Oversize counts last reported per mismatched VXLAN device.
     evidence: HashMap<(u32, u32), u64>,
 }
@@ -350,6 +355,7 @@ impl Pipeline {
             topology,
             attributor: Attributor::start(cfg.attribution.clone()),
             oom_name_wait: cfg.oom_name_wait,
+            forget_removed_netns: cfg.forget_removed_netns,
             evidence: HashMap::new(),
         })
     }
@@ -511,6 +517,12 @@ impl Pipeline {
                         Some(Ok(TopologyEvent::MtuMismatch(m))) => {
                             self.sync_vxlan_map();
                             out.push(self.mismatch_event(m, None));
+                        }
+                        Some(Ok(TopologyEvent::NetnsRemoved { netns })) if self.forget_removed_netns => {
+                            self.evidence.retain(|(ns, _), _| *ns != netns);
+                            if let Err(e) = self.kernel.with_ebpf_mut(|ebpf| net_counters::forget_netns(ebpf, netns)) {
+                                warn!(error = %e, netns, "cannot remove a gone namespace's counters");
+                            }
                         }
                         Some(Ok(_)) => {}
                         // Missed events: the snapshot is still right; resynchronise the map.

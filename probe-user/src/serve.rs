@@ -5,8 +5,9 @@
 //! ([`Pipeline`]), then serve HTTP while a task feeds the event stream into [`Metrics`].
 //!
 //! Endpoints: `/metrics` (Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks
-//! for it), `/healthz` (the process answers), `/readyz` (every readiness check passes: the
-//! programs are loaded and the event loop runs; later components add their own checks).
+//! for it; kernel maps are read while encoding, fragment-queue memory just before), `/healthz`
+//! (the process answers), `/readyz` (every readiness check passes: the programs are loaded and
+//! the event loop runs; later components add their own checks).
 //!
 //! SIGTERM / SIGINT: stop accepting, let in-flight scrapes finish (at most
 //! [`SHUTDOWN_GRACE`]), stop the event loop, drop the programs (which detaches them), exit 0.
@@ -38,7 +39,9 @@ use tracing::{error, info, warn};
 use crate::{
     READY_MARKER,
     loader::LoadOptions,
-    metrics::{Format, Metrics, MetricsOptions, MetricsSink, labels::CgroupPathLabels},
+    metrics::{
+        Format, Metrics, MetricsOptions, MetricsSink, NetworkSources, labels::CgroupPathLabels,
+    },
     pipeline::{Event, EventSink, Kernel, Pipeline, PipelineError, SinkError},
 };
 
@@ -65,6 +68,8 @@ pub struct ServeOptions {
     /// Make the kernel count program run time while fathom runs (`BPF_ENABLE_STATS`).
     pub bpf_stats: bool,
     pub btf_path: String,
+    /// Runtime sockets and cache bounds of the attribution layer.
+    pub attribution: crate::attribution::AttributionConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +153,7 @@ fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::from_accept(accept);
+    s.metrics.refresh().await;
     match s.metrics.encode(format) {
         Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => {
@@ -210,9 +216,16 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
 
-    let mut pipeline = Pipeline::start(&LoadOptions {
-        btf_path: opts.btf_path.clone(),
-        ..LoadOptions::default()
+    let mut pipeline = Pipeline::start_with(&crate::pipeline::PipelineConfig {
+        load: LoadOptions {
+            btf_path: opts.btf_path.clone(),
+            ..LoadOptions::default()
+        },
+        attribution: opts.attribution.clone(),
+        // A long-running exporter must not let the counter maps fill with the keys of
+        // namespaces that are gone (nor a new namespace inherit a reused inode's counts).
+        forget_removed_netns: true,
+        ..crate::pipeline::PipelineConfig::default()
     })?;
     let kernel: Kernel = pipeline.kernel().clone();
 
@@ -231,16 +244,29 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         None
     };
 
-    let metrics = Arc::new(Metrics::new(
+    let metrics_opts = MetricsOptions {
+        series_ttl: opts.series_ttl,
+        workload_labels: opts.workload_labels,
+        node_name: opts.node_name.clone(),
+        bpf_stats_enabled_by_us: stats_fd.is_some(),
+    };
+    let mut metrics = Metrics::new(
         kernel.clone(),
         Arc::new(CgroupPathLabels::detect()),
-        &MetricsOptions {
-            series_ttl: opts.series_ttl,
-            workload_labels: opts.workload_labels,
-            node_name: opts.node_name.clone(),
-            bpf_stats_enabled_by_us: stats_fd.is_some(),
+        &metrics_opts,
+    );
+    // The pipeline's services outlive it through these handles: the event loop drops the
+    // pipeline on stop, scrapes may still be finishing.
+    metrics.add_network(
+        kernel.clone(),
+        NetworkSources {
+            interpreter: pipeline.net_interpreter(),
+            topology: pipeline.topology(),
+            owners: Arc::new(pipeline.attributor().clone()),
         },
-    ));
+        &metrics_opts,
+    );
+    let metrics = Arc::new(metrics);
     let readiness = Arc::new(Readiness::default());
     let attached = kernel.attached().join(", ");
     let missing: Vec<String> = kernel

@@ -160,13 +160,3 @@ fn serve_without_privileges_or_btf_exits_2_with_one_line() {
         "{err}"
     );
 }
-
-#[test]
-#[ignore = "TODO(issue 5): fathom serve does not export the network families yet \
-            (fathom_ip_reassembly_failures_total needs a Collector over the network maps)"]
-fn todo_reassembly_failures_in_a_test_netns_are_exported_per_cause() {
-    // To write once the family exists: overflow a test netns's fragment queue
-    // (ipfrag_high_thresh=1024), scrape, compare
-    // fathom_ip_reassembly_failures_total{cause="overflow"} with the netns's ReasmFails.
-    unimplemented!("waiting for the network metric families");
-}

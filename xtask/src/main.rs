@@ -44,7 +44,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Build fathom, then run `cargo test --workspace [ARGS]` with FATHOM_BIN set.
+    /// Build fathom, check deploy/, then run `cargo test --workspace [ARGS]` with FATHOM_BIN
+    /// set.
     ///
     /// Flags for the test binaries go after a second `--`: `cargo xtask test -- -- --nocapture`.
     Test {
@@ -94,6 +95,18 @@ fn run(task: Task) -> Result<u8> {
             let code = build(&root, false)?;
             if code != 0 {
                 return Ok(code);
+            }
+            // The deployment files are checked against the binary's real flags and metric
+            // families (offline: kubernetes-validate schemas, promtool).
+            let deploy = cmd::status(
+                Command::new("bash")
+                    .arg(root.join("deploy/check.sh"))
+                    .env("FATHOM_BIN", target_dir(&root).join("debug/fathom"))
+                    .current_dir(&root),
+            )?;
+            if !deploy.success() {
+                eprintln!("xtask: deploy/check.sh failed");
+                return Ok(cmd::exit_code(deploy));
             }
             let st = cmd::status(
                 cmd::cargo()

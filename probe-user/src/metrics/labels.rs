@@ -42,13 +42,18 @@ pub enum Anchor {
     /// A cgroup directory (absolute path in a mounted hierarchy): the pod's cgroup for a pod,
     /// the container's for a container outside a pod, else the cgroup itself.
     Cgroup(PathBuf),
+    /// A network namespace (its inode): exists while the network topology lists it (see
+    /// [`super::netns_labels`]).
+    Netns(u32),
 }
 
 impl Anchor {
-    /// Looks at the filesystem: a cgroup anchor exists while its directory does.
+    /// Looks at the filesystem: a cgroup anchor exists while its directory does. A network
+    /// namespace cannot be found from its inode alone: only the topology knows, so here it
+    /// counts as existing (never expire rather than expire a live namespace).
     pub fn exists(&self) -> bool {
         match self {
-            Anchor::Host => true,
+            Anchor::Host | Anchor::Netns(_) => true,
             Anchor::Cgroup(p) => p.is_dir(),
         }
     }
@@ -129,11 +134,31 @@ impl LabelSource for CgroupPathLabels {
         // below the v2 root, else (hybrid hosts where runtimes only join v1 controllers) its
         // memory cgroup's path.
         let memcg_path = kill.memcg.as_ref().and_then(|m| m.path.as_deref());
-        match (kill.victim.cgroup_path.as_deref(), memcg_path) {
+        let (mut labels, anchor) = match (kill.victim.cgroup_path.as_deref(), memcg_path) {
             (Some(p), _) if p != "/" => self.for_path(p, self.hierarchies.unified.as_deref()),
             (_, Some(p)) => self.for_path(p, self.hierarchies.memory.as_deref()),
             _ => (WorkloadLabels::default(), Anchor::Host),
+        };
+        with_names(&mut labels, &kill.workload);
+        (labels, anchor)
+    }
+}
+
+/// Replaces ids by the names the attribution layer found (the same convention as the network
+/// families: pod name, else UID; container name, else id).
+fn with_names(labels: &mut WorkloadLabels, w: &crate::attribution::Workload) {
+    if let Some(p) = &w.pod {
+        if let Some(ns) = &p.namespace {
+            labels.namespace.clone_from(ns);
         }
+        if let Some(name) = &p.name {
+            labels.pod.clone_from(name);
+        }
+    }
+    if let Some(c) = &w.container
+        && let Some(name) = &c.name
+    {
+        labels.container.clone_from(name);
     }
 }
 

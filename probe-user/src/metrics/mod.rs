@@ -8,17 +8,28 @@
 //!
 //! Series of workloads (pods, containers, cgroups) are labelled by a pluggable
 //! [`labels::LabelSource`] and expire after `series_ttl` once the workload is gone; counters
-//! never go backwards while a series lives ([`store`]).
+//! never go backwards while a series lives ([`store`]). Network series are labelled by the
+//! owner of their network namespace ([`netns_labels`]) and expire once the namespace is gone.
 //!
-//! Adding a family (e.g. packet drops from the `DROPS` per-CPU hash):
-//! 1. a file here with a struct holding a [`Kernel`], the `Arc<dyn LabelSource>` and a
-//!    `Mutex<CumulativeCounters<MapKey, Labels>>`;
+//! Families: [`oom`] (OOM kills, from events), [`network`] (drops, reassembly failures,
+//! fragments, VXLAN traffic: the `DROPS` / `IF_COUNTS` maps), [`network_gauges`] (fragment
+//! queue memory, interface MTUs, overlay MTU mismatches: the topology service),
+//! [`self_metrics`].
+//!
+//! Adding a family (e.g. from another per-CPU hash):
+//! 1. a file here with a struct holding a [`Kernel`], what labels its keys and a
+//!    `Mutex<CumulativeCounters<MapKey, Labels>>` (see [`network`]);
 //! 2. its `Collector::encode` reads the map (sum over CPUs per key), maps each key to labels
 //!    and an anchor, calls `observe`, `expire`s, and encodes the store's snapshot (gauges such
-//!    as queue bytes are encoded straight from the map instead);
-//! 3. one `register_collector` line in [`Metrics::new`], and a row in the README's table.
+//!    as queue bytes are encoded straight from the current state instead);
+//! 3. one `register_collector` line in [`Metrics::new`] (or [`Metrics::add_network`]), and a
+//!    row in the README's table. What cannot be read without waiting (procfs inside another
+//!    namespace) is fetched by [`Metrics::refresh`] before the scrape encodes.
 
 pub mod labels;
+pub mod netns_labels;
+pub mod network;
+pub mod network_gauges;
 pub mod oom;
 pub mod self_metrics;
 pub mod store;
@@ -27,7 +38,11 @@ use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use prometheus_client::{collector::Collector, registry::Registry};
 
-use crate::pipeline::{Event, EventSink, Kernel, SinkError};
+use crate::{
+    net::Topology,
+    netreport::NetInterpreter,
+    pipeline::{Event, EventSink, Kernel, SinkError},
+};
 
 /// Exposition formats `/metrics` can answer in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +75,7 @@ impl Format {
 pub struct MetricsOptions {
     /// How long a gone workload's series stays after its last change.
     pub series_ttl: Duration,
-    /// `false`: no namespace/pod/container/cgroup labels (very large nodes).
+    /// `false`: no namespace/pod/container/cgroup/netns labels (very large nodes).
     pub workload_labels: bool,
     /// This node's name, on `fathom_build_info`.
     pub node_name: String,
@@ -68,11 +83,24 @@ pub struct MetricsOptions {
     pub bpf_stats_enabled_by_us: bool,
 }
 
+/// What the network families need besides the kernel maps (the pipeline's services).
+pub struct NetworkSources {
+    /// Drop reason names and reassembly classification.
+    pub interpreter: Arc<NetInterpreter>,
+    /// Namespaces, device names, VXLAN devices, fragment memory; `None`: no device names, no
+    /// gauges, and network series expire only once no kernel key feeds them.
+    pub topology: Option<Arc<Topology>>,
+    /// Network namespace → pod (the attribution).
+    pub owners: Arc<dyn netns_labels::NetnsOwners>,
+}
+
 /// The registry with every family, and the event sink feeding the event-driven ones.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     oom: Arc<oom::OomKills>,
+    /// Read before each scrape: see [`Self::refresh`].
+    network_gauges: Option<Arc<network_gauges::NetworkGauges>>,
 }
 
 impl Metrics {
@@ -93,7 +121,40 @@ impl Metrics {
             opts.node_name.clone(),
             opts.bpf_stats_enabled_by_us,
         )));
-        Self { registry, oom }
+        Self {
+            registry,
+            oom,
+            network_gauges: None,
+        }
+    }
+
+    /// Adds the network families ([`network`], [`network_gauges`]).
+    pub fn add_network(&mut self, kernel: Kernel, sources: NetworkSources, opts: &MetricsOptions) {
+        self.registry
+            .register_collector(Box::new(network::NetworkCounters::new(
+                kernel,
+                sources.interpreter,
+                sources.topology.clone(),
+                sources.owners.clone(),
+                opts.series_ttl,
+                opts.workload_labels,
+            )));
+        let gauges = Arc::new(network_gauges::NetworkGauges::new(
+            sources.topology,
+            sources.owners,
+            opts.workload_labels,
+        ));
+        self.registry.register_collector(Box::new(gauges.clone()));
+        self.network_gauges = Some(gauges);
+    }
+
+    /// Fetches what collectors cannot read synchronously (fragment-queue memory, read inside
+    /// each namespace); call before [`Self::encode`]. Bounded in time; on failure the previous
+    /// values are encoded.
+    pub async fn refresh(&self) {
+        if let Some(g) = &self.network_gauges {
+            g.refresh().await;
+        }
     }
 
     /// Registers another family (see the module docs).

@@ -1,5 +1,6 @@
-//! fathom's own health: which programs are attached, what the kernel could not deliver, what
-//! the programs cost, and which build runs where. Everything is read at scrape time.
+//! fathom's own health: which programs are attached, what the kernel could not deliver or
+//! count, what the programs cost, and which build runs where. Everything is read at scrape
+//! time.
 
 use prometheus_client::{
     collector::Collector,
@@ -8,7 +9,10 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::pipeline::{Kernel, StreamCount};
+use crate::{
+    net_counters,
+    pipeline::{Kernel, StreamCount},
+};
 
 /// The sysctl that makes the kernel count program run time (`bpf_stats_enabled`).
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -99,6 +103,21 @@ impl Collector for SelfMetrics {
         for s in &stats {
             ConstCounter::new(s.run_count)
                 .encode(family.encode_family(&[("program", s.program)])?)?;
+        }
+        // Kernel-side counts lost because a counter map had no room for a new key.
+        if let Ok(net) = self.kernel.with_ebpf(net_counters::net_stats) {
+            let mut family = encoder.encode_descriptor(
+                "fathom_bpf_map_full",
+                "Counter updates the kernel programs could not make because the map had no room for a new key: those packets are missing from the network families",
+                None,
+                MetricType::Counter,
+            )?;
+            for (map, n) in [
+                ("DROPS", net.drops_map_full),
+                ("IF_COUNTS", net.if_map_full),
+            ] {
+                ConstCounter::new(n).encode(family.encode_family(&[("map", map)])?)?;
+            }
         }
         ConstGauge::new(i64::from(self.bpf_stats_enabled())).encode(encoder.encode_descriptor(
             "fathom_bpf_stats_enabled",

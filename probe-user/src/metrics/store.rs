@@ -10,9 +10,12 @@
 //!   labels), when several keys share one label set, or when the kernel deletes and recreates
 //!   a key (its count restarts from 0: the new value is all growth).
 //!
-//! Expiry: a series whose [`Anchor`] (pod / container cgroup, …) is gone and that has not
-//! changed for `ttl` is removed at the next [`CounterStore::expire`]. While the anchor exists
-//! a series never expires, however old its last change.
+//! Expiry: a series whose [`Anchor`] (pod / container cgroup, network namespace, …) is gone
+//! and that has not changed for `ttl` is removed at the next [`CounterStore::expire`]. While
+//! the anchor exists a series never expires, however old its last change. Series fed from a
+//! kernel map ([`CumulativeCounters::expire`]) also expire once no kernel key maps to them any
+//! more (the key's labels changed: a device got its name, a pod its name) and they have not
+//! changed for `ttl`: they cannot grow again, and their anchor may well live forever.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -74,12 +77,18 @@ impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
     /// Removes series whose anchor is gone and whose last change is at least `ttl` old;
     /// [`Anchor::Host`] series never expire. Returns how many were removed.
     pub fn expire(&mut self, now: Instant, liveness: &impl Liveness) -> usize {
+        self.expire_where(now, |_, anchor| {
+            *anchor == Anchor::Host || liveness.is_alive(anchor)
+        })
+    }
+
+    /// Removes series whose last change is at least `ttl` old and for which `keep(labels,
+    /// anchor)` is false. Returns how many were removed.
+    pub fn expire_where(&mut self, now: Instant, keep: impl Fn(&L, &Anchor) -> bool) -> usize {
         let ttl = self.ttl;
         let before = self.series.len();
-        self.series.retain(|_, s| {
-            s.anchor == Anchor::Host
-                || now.saturating_duration_since(s.last_change) < ttl
-                || liveness.is_alive(&s.anchor)
+        self.series.retain(|labels, s| {
+            now.saturating_duration_since(s.last_change) < ttl || keep(labels, &s.anchor)
         });
         before - self.series.len()
     }
@@ -113,6 +122,8 @@ impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
 pub struct CumulativeCounters<K, L> {
     store: CounterStore<L>,
     last: HashMap<K, u64>,
+    /// Label sets some kernel key mapped to at the latest reading.
+    fed: HashSet<L>,
 }
 
 impl<K: Clone + Eq + Hash, L: Clone + Eq + Hash + Ord> CumulativeCounters<K, L> {
@@ -120,18 +131,24 @@ impl<K: Clone + Eq + Hash, L: Clone + Eq + Hash + Ord> CumulativeCounters<K, L> 
         Self {
             store: CounterStore::new(ttl),
             last: HashMap::new(),
+            fed: HashSet::new(),
         }
     }
 
     /// Records one scrape's readings: for each kernel key its cumulative value, the labels it
     /// maps to now and the anchor of that workload. Keys absent from this reading are
     /// forgotten, so a key the kernel recreates counts from 0 again.
+    ///
+    /// A key already seen that did not grow creates no series: an expired series is not
+    /// brought back (at 0) by a kernel entry that merely still exists, and a key whose labels
+    /// changed starts the new series only when it counts again.
     pub fn observe(
         &mut self,
         readings: impl IntoIterator<Item = (K, u64, L, Anchor)>,
         now: Instant,
     ) {
         let mut seen = HashSet::new();
+        self.fed.clear();
         for (key, total, labels, anchor) in readings {
             let prev = self.last.insert(key.clone(), total);
             // A smaller value than last time means the kernel entry was deleted and recreated
@@ -140,10 +157,22 @@ impl<K: Clone + Eq + Hash, L: Clone + Eq + Hash + Ord> CumulativeCounters<K, L> 
                 Some(p) if total >= p => total - p,
                 _ => total,
             };
-            self.store.add(labels, delta, anchor, now);
+            if delta > 0 || prev.is_none() {
+                self.store.add(labels.clone(), delta, anchor, now);
+            }
+            self.fed.insert(labels);
             seen.insert(key);
         }
         self.last.retain(|k, _| seen.contains(k));
+    }
+
+    /// Removes series that have not changed for `ttl` and either lost their anchor or are no
+    /// longer fed by any kernel key (see the module docs). Returns how many were removed.
+    pub fn expire(&mut self, now: Instant, liveness: &impl Liveness) -> usize {
+        let fed = &self.fed;
+        self.store.expire_where(now, |labels, anchor| {
+            fed.contains(labels) && (*anchor == Anchor::Host || liveness.is_alive(anchor))
+        })
     }
 
     pub fn store(&self) -> &CounterStore<L> {
@@ -184,10 +213,7 @@ mod tests {
         s.add("gone", 1, cg("/gone"), t0);
         s.add("alive", 1, cg("/alive"), t0);
         s.add("host", 1, Anchor::Host, t0);
-        let live = |a: &Anchor| match a {
-            Anchor::Host => true,
-            Anchor::Cgroup(p) => p.as_path() != std::path::Path::new("/gone"),
-        };
+        let live = |a: &Anchor| *a != cg("/gone");
         // Gone but changed recently: stays so Prometheus sees its last value.
         assert_eq!(s.expire(t0 + TTL / 2, &live), 0);
         assert_eq!(s.expire(t0 + TTL, &live), 1);
@@ -238,5 +264,41 @@ mod tests {
             t0,
         );
         assert_eq!(c.store().get(&"pod-a"), Some(15));
+    }
+
+    #[test]
+    fn relabeled_keys_leave_a_series_that_expires_and_is_not_revived() {
+        let t0 = Instant::now();
+        let alive = |_: &Anchor| true;
+        let mut c: CumulativeCounters<u32, &str> = CumulativeCounters::new(TTL);
+        c.observe([(1, 5, "if7", Anchor::Host)], t0);
+        // The device got its name: nothing new to count yet, so no new series.
+        c.observe([(1, 5, "eth0", Anchor::Host)], t0 + TTL);
+        assert_eq!(c.store().snapshot(), vec![("if7", 5)]);
+        c.observe([(1, 6, "eth0", Anchor::Host)], t0 + TTL);
+        assert_eq!(c.store().snapshot(), vec![("eth0", 1), ("if7", 5)]);
+        // "if7" is fed by no key any more: it goes once stale, even with a live anchor.
+        assert_eq!(c.expire(t0 + TTL, &alive), 1);
+        assert_eq!(c.store().snapshot(), vec![("eth0", 1)]);
+        // "eth0" is fed: it stays however old.
+        c.observe([(1, 6, "eth0", Anchor::Host)], t0 + TTL * 10);
+        assert_eq!(c.expire(t0 + TTL * 10, &alive), 0);
+    }
+
+    #[test]
+    fn a_gone_anchors_series_expires_and_its_unchanged_key_does_not_revive_it() {
+        let t0 = Instant::now();
+        let gone = |_: &Anchor| false;
+        let mut c: CumulativeCounters<u32, &str> = CumulativeCounters::new(TTL);
+        c.observe([(1, 5, "ns-a", cg("/gone"))], t0);
+        assert_eq!(c.expire(t0 + TTL / 2, &gone), 0, "changed recently");
+        c.observe([(1, 5, "ns-a", cg("/gone"))], t0 + TTL);
+        assert_eq!(c.expire(t0 + TTL, &gone), 1);
+        // The kernel entry still exists with the same value: the series stays gone.
+        c.observe([(1, 5, "ns-a", cg("/gone"))], t0 + TTL * 2);
+        assert!(c.store().is_empty());
+        // Growth (an inode reused by a new namespace) starts a new series with the growth only.
+        c.observe([(1, 7, "ns-a", cg("/gone"))], t0 + TTL * 3);
+        assert_eq!(c.store().snapshot(), vec![("ns-a", 2)]);
     }
 }

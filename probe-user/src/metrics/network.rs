@@ -1,0 +1,843 @@
+//! The network counter families, read from the kernel's per-CPU maps at scrape time:
+//! - `fathom_packet_drops_total{namespace,pod,netns,reason}` (`DROPS`, summed over device,
+//!   protocol and location);
+//! - `fathom_ip_reassembly_failures_total{namespace,pod,netns,cause}` (`DROPS` entries the
+//!   [`NetInterpreter`] classifies as reassembly failures, counted as
+//!   [`counts_as_failure`] says: timeouts once per expired queue, like the kernel's
+//!   ReasmTimeout / ReasmFails);
+//! - `fathom_ip_fragments_total{namespace,pod,netns,device,direction}` (`IF_COUNTS`);
+//! - `fathom_vxlan_packets_total{netns,device,vni,direction}`,
+//!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`IF_COUNTS` of the devices in
+//!   `VXLAN_DEVS`) and `fathom_vxlan_drops_total{netns,device,vni,reason}` (`DROPS` on a VXLAN
+//!   device or with a VXLAN reason).
+//!
+//! Both maps are read once per scrape, each kernel key is labelled (namespace owner from
+//! [`NetnsOwners`], device names and VNIs from the topology snapshot, else `if<index>`) and fed
+//! to a [`CumulativeCounters`] keyed by the kernel key, so a series never goes backwards when
+//! labels change or several keys share one series. VXLAN series keep `netns` even without
+//! workload labels: device names repeat across namespaces, and VXLAN devices are few.
+//!
+//! A namespace's labels come from services that learn about it a little after its first
+//! packet (the topology rescans every 2 s, the attribution asks the runtime for pod names).
+//! Counts of a namespace seen for the first time are therefore held back until its labels are
+//! final or [`NAMING_GRACE`] has passed, whichever is first: its series then start with
+//! everything counted so far under the right names, instead of an `if<index>` / UID series
+//! that stops growing beside the named one. Labels that change later anyway (a renamed
+//! device) start a new series with the growth after the change; the old one expires after the
+//! TTL once nothing feeds it ([`CumulativeCounters::expire`]).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use probe_common::{Counter, DIRECTION_TX, DropKey, IfCounters, IfKey};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter},
+};
+use tracing::{debug, warn};
+
+use super::{
+    labels::Anchor,
+    netns_labels::{
+        ListedNetns, NetnsLabeler, NetnsLabels, NetnsOwners, netns_anchor, netns_label,
+    },
+    store::CumulativeCounters,
+};
+use crate::{
+    net::{Topology, TopologySnapshot},
+    net_counters,
+    netreport::{NetInterpreter, counts_as_failure},
+    pipeline::Kernel,
+};
+
+/// Longest the counts of a newly seen namespace wait for its final labels (two topology
+/// rescans and a runtime lookup).
+pub const NAMING_GRACE: Duration = Duration::from_secs(5);
+
+/// `netns`, `device`, `vni` of a VXLAN series (`vni` empty when the topology no longer knows
+/// the device).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VxlanLabels {
+    pub netns: String,
+    pub device: String,
+    pub vni: String,
+}
+
+impl VxlanLabels {
+    fn pairs(&self) -> [(&'static str, &str); 3] {
+        [
+            ("netns", &self.netns),
+            ("device", &self.device),
+            ("vni", &self.vni),
+        ]
+    }
+}
+
+type DropSeries = (NetnsLabels, String);
+type ReasmSeries = (NetnsLabels, &'static str);
+type FragmentSeries = (NetnsLabels, String, &'static str);
+type VxlanPacketSeries = (VxlanLabels, &'static str);
+type VxlanDropSeries = (VxlanLabels, String);
+
+/// One reading of a kernel key: key, cumulative value, labels, anchor.
+type Reading<K, L> = (K, u64, L, Anchor);
+
+/// One scrape's readings of every family.
+#[derive(Debug, Default)]
+struct Readings {
+    drops: Vec<Reading<DropKey, DropSeries>>,
+    reasm: Vec<Reading<DropKey, ReasmSeries>>,
+    fragments: Vec<Reading<IfKey, FragmentSeries>>,
+    vxlan_packets: Vec<Reading<IfKey, VxlanPacketSeries>>,
+    vxlan_oversize: Vec<Reading<IfKey, VxlanLabels>>,
+    vxlan_drops: Vec<Reading<DropKey, VxlanDropSeries>>,
+}
+
+fn direction(k: &IfKey) -> &'static str {
+    if k.direction == DIRECTION_TX {
+        "tx"
+    } else {
+        "rx"
+    }
+}
+
+/// A device's name in the topology, else `if<index>`; empty for "no device" (0).
+fn device_name(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -> String {
+    if ifindex == 0 {
+        return String::new();
+    }
+    topology
+        .and_then(|t| t.link(netns, ifindex))
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("if{ifindex}"))
+}
+
+fn vxlan_labels(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -> VxlanLabels {
+    VxlanLabels {
+        netns: netns_label(netns),
+        device: device_name(topology, netns, ifindex),
+        vni: topology
+            .and_then(|t| t.vxlan(netns, ifindex))
+            .map(|v| v.vni.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// Labels every kernel key of one snapshot of the maps whose namespace is `ready`.
+fn readings(
+    interpreter: &NetInterpreter,
+    drops: &HashMap<DropKey, Counter>,
+    ifs: &HashMap<IfKey, IfCounters>,
+    topology: Option<&TopologySnapshot>,
+    labeler: &mut NetnsLabeler<'_>,
+    ready: &HashSet<u32>,
+) -> Readings {
+    let mut r = Readings::default();
+    for (k, c) in drops {
+        if !ready.contains(&k.netns) {
+            continue;
+        }
+        let class = interpreter.classify(k.reason, k.location);
+        let (labels, anchor) = labeler.labels(k.netns);
+        if let Some((cause, _)) = class.reassembly
+            && counts_as_failure(cause, class.location.as_deref())
+        {
+            r.reasm.push((
+                *k,
+                c.packets,
+                (labels.clone(), cause.as_str()),
+                anchor.clone(),
+            ));
+        }
+        let on_vxlan = topology.is_some_and(|t| t.vxlan(k.netns, k.ifindex).is_some());
+        if class.vxlan || on_vxlan {
+            r.vxlan_drops.push((
+                *k,
+                c.packets,
+                (
+                    vxlan_labels(topology, k.netns, k.ifindex),
+                    class.reason.clone(),
+                ),
+                netns_anchor(k.netns),
+            ));
+        }
+        r.drops
+            .push((*k, c.packets, (labels, class.reason), anchor));
+    }
+    for (k, c) in ifs {
+        if !ready.contains(&k.netns) {
+            continue;
+        }
+        if c.frag_packets > 0 {
+            let (labels, anchor) = labeler.labels(k.netns);
+            let device = device_name(topology, k.netns, k.ifindex);
+            r.fragments
+                .push((*k, c.frag_packets, (labels, device, direction(k)), anchor));
+        }
+        if c.vxlan_packets > 0 {
+            let labels = vxlan_labels(topology, k.netns, k.ifindex);
+            let anchor = netns_anchor(k.netns);
+            if k.direction == DIRECTION_TX {
+                // Present (at 0) for every transmitting VXLAN device, so that "no oversize
+                // frames" is a value, not a missing series.
+                r.vxlan_oversize
+                    .push((*k, c.vxlan_oversize, labels.clone(), anchor.clone()));
+            }
+            r.vxlan_packets
+                .push((*k, c.vxlan_packets, (labels, direction(k)), anchor));
+        }
+    }
+    r
+}
+
+/// The counters behind every family.
+#[derive(Debug)]
+struct State {
+    drops: CumulativeCounters<DropKey, DropSeries>,
+    reasm: CumulativeCounters<DropKey, ReasmSeries>,
+    fragments: CumulativeCounters<IfKey, FragmentSeries>,
+    vxlan_packets: CumulativeCounters<IfKey, VxlanPacketSeries>,
+    vxlan_oversize: CumulativeCounters<IfKey, VxlanLabels>,
+    vxlan_drops: CumulativeCounters<DropKey, VxlanDropSeries>,
+    /// When each namespace in the maps was first seen (see [`NAMING_GRACE`]), and whether its
+    /// counts are exported. Once they are, they stay: a key left out of a reading would count
+    /// in full again when it comes back.
+    first_seen: HashMap<u32, (Instant, bool)>,
+}
+
+impl State {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            first_seen: HashMap::new(),
+            drops: CumulativeCounters::new(ttl),
+            reasm: CumulativeCounters::new(ttl),
+            fragments: CumulativeCounters::new(ttl),
+            vxlan_packets: CumulativeCounters::new(ttl),
+            vxlan_oversize: CumulativeCounters::new(ttl),
+            vxlan_drops: CumulativeCounters::new(ttl),
+        }
+    }
+
+    /// The namespaces of this snapshot whose counts are exported: labels final, or first
+    /// seen at least [`NAMING_GRACE`] ago. Once ready, a namespace stays ready while the maps
+    /// hold it.
+    fn ready(
+        &mut self,
+        drops: &HashMap<DropKey, Counter>,
+        ifs: &HashMap<IfKey, IfCounters>,
+        listed: &ListedNetns,
+        labeler: &mut NetnsLabeler<'_>,
+        now: Instant,
+    ) -> HashSet<u32> {
+        let present: HashSet<u32> = drops
+            .keys()
+            .map(|k| k.netns)
+            .chain(ifs.keys().map(|k| k.netns))
+            .collect();
+        self.first_seen.retain(|ns, _| present.contains(ns));
+        present
+            .into_iter()
+            .filter(|&ns| {
+                let (first, ready) = self.first_seen.entry(ns).or_insert((now, false));
+                *ready = *ready
+                    || ns == 0
+                    || now.saturating_duration_since(*first) >= NAMING_GRACE
+                    || (listed.lists(ns) && labeler.resolved(ns));
+                *ready
+            })
+            .collect()
+    }
+
+    /// Feeds one scrape's readings, then expires series of gone namespaces and series no key
+    /// feeds any more. Returns how many series expired.
+    fn update(&mut self, r: Readings, now: Instant, alive: &impl Fn(&Anchor) -> bool) -> usize {
+        self.drops.observe(r.drops, now);
+        self.reasm.observe(r.reasm, now);
+        self.fragments.observe(r.fragments, now);
+        self.vxlan_packets.observe(r.vxlan_packets, now);
+        self.vxlan_oversize.observe(r.vxlan_oversize, now);
+        self.vxlan_drops.observe(r.vxlan_drops, now);
+        self.drops.expire(now, alive)
+            + self.reasm.expire(now, alive)
+            + self.fragments.expire(now, alive)
+            + self.vxlan_packets.expire(now, alive)
+            + self.vxlan_oversize.expire(now, alive)
+            + self.vxlan_drops.expire(now, alive)
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut f = encoder.encode_descriptor(
+            "fathom_packet_drops",
+            "Packets the kernel dropped (skb:kfree_skb), by network namespace and drop reason (names from the running kernel's enum skb_drop_reason)",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((ns, reason), v) in self.drops.store().snapshot() {
+            let [a, b, c] = ns.pairs();
+            ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_ip_reassembly_failures",
+            "IP datagrams whose reassembly failed, by network namespace and cause (queue_overflow, timeout, too_far, duplicate, other); timeouts count once per expired datagram",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((ns, cause), v) in self.reasm.store().snapshot() {
+            let [a, b, c] = ns.pairs();
+            ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_ip_fragments",
+            "IPv4/IPv6 fragments sent (tx) and received (rx), by network namespace and device",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((ns, device, dir), v) in self.fragments.store().snapshot() {
+            let [a, b, c] = ns.pairs();
+            ConstCounter::new(v).encode(f.encode_family(&[
+                a,
+                b,
+                c,
+                ("device", &device),
+                ("direction", dir),
+            ])?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_vxlan_packets",
+            "Frames through a VXLAN device (tx: to be encapsulated, rx: decapsulated), by device and VNI",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((vx, dir), v) in self.vxlan_packets.store().snapshot() {
+            let [a, b, c] = vx.pairs();
+            ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("direction", dir)])?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_vxlan_oversize_packets",
+            "Frames sent through a VXLAN device whose encapsulated packet exceeds the underlay device's MTU: they are fragmented (or dropped with DF)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (vx, v) in self.vxlan_oversize.store().snapshot() {
+            ConstCounter::new(v).encode(f.encode_family(&vx.pairs())?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_vxlan_drops",
+            "Packets dropped on a VXLAN device or with a VXLAN drop reason, by device, VNI and drop reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((vx, reason), v) in self.vxlan_drops.store().snapshot() {
+            let [a, b, c] = vx.pairs();
+            ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The labelled counters, fed with snapshots of the maps.
+struct NetworkSeries {
+    interpreter: Arc<NetInterpreter>,
+    owners: Arc<dyn NetnsOwners>,
+    workload_labels: bool,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for NetworkSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkSeries")
+            .field("workload_labels", &self.workload_labels)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetworkSeries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds one snapshot of the maps into the counters.
+    fn update(
+        &self,
+        drops: &HashMap<DropKey, Counter>,
+        ifs: &HashMap<IfKey, IfCounters>,
+        topology: Option<&TopologySnapshot>,
+        now: Instant,
+    ) {
+        let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
+        let listed = ListedNetns::new(topology);
+        let mut state = self.lock();
+        let ready = state.ready(drops, ifs, &listed, &mut labeler, now);
+        let r = readings(
+            &self.interpreter,
+            drops,
+            ifs,
+            topology,
+            &mut labeler,
+            &ready,
+        );
+        let expired = state.update(r, now, &|a: &Anchor| listed.alive(a));
+        if expired > 0 {
+            debug!(expired, "network series of gone namespaces expired");
+        }
+    }
+}
+
+/// The network counter families (see the module docs).
+pub struct NetworkCounters {
+    kernel: Kernel,
+    topology: Option<Arc<Topology>>,
+    series: NetworkSeries,
+}
+
+impl std::fmt::Debug for NetworkCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkCounters")
+            .field("kernel", &self.kernel)
+            .field("series", &self.series)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetworkCounters {
+    /// `workload_labels = false` leaves namespace/pod/netns empty (very large nodes).
+    pub fn new(
+        kernel: Kernel,
+        interpreter: Arc<NetInterpreter>,
+        topology: Option<Arc<Topology>>,
+        owners: Arc<dyn NetnsOwners>,
+        ttl: Duration,
+        workload_labels: bool,
+    ) -> Self {
+        Self {
+            kernel,
+            topology,
+            series: NetworkSeries {
+                interpreter,
+                owners,
+                workload_labels,
+                state: Mutex::new(State::new(ttl)),
+            },
+        }
+    }
+}
+
+impl Collector for NetworkCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Both maps under one lock of the object: one consistent-enough snapshot per scrape.
+        let maps = self.kernel.with_ebpf(|ebpf| {
+            Ok::<_, net_counters::CountersError>((
+                net_counters::drops(ebpf)?,
+                net_counters::interfaces(ebpf)?,
+            ))
+        });
+        match maps {
+            Ok((drops, ifs)) => {
+                let topology = self.topology.as_ref().map(|t| t.snapshot());
+                self.series
+                    .update(&drops, &ifs, topology.as_deref(), Instant::now());
+            }
+            // The last values stay exported: better than counters that vanish for a scrape.
+            Err(e) => warn!(error = %e, "cannot read the network counters"),
+        }
+        self.series.lock().encode(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use probe_common::DIRECTION_RX;
+
+    use super::*;
+    use crate::{
+        clock::BootClock,
+        drop_reason::DropReasons,
+        kallsyms::Kallsyms,
+        metrics::netns_labels::tests::{FixedOwners, pod, topology},
+        net::{Link, UnderlayFamily, VxlanDevice},
+    };
+
+    const POD_NS: u32 = 4026532100;
+    const HOST: u32 = 4026531840;
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn interpreter() -> Arc<NetInterpreter> {
+        let reasons = DropReasons::from_pairs(vec![
+            ("SKB_DROP_REASON_NOT_SPECIFIED".into(), 2),
+            ("SKB_DROP_REASON_NO_SOCKET".into(), 3),
+            ("SKB_DROP_REASON_FRAG_REASM_TIMEOUT".into(), 40),
+            ("SKB_DROP_REASON_VXLAN_INVALID_HDR".into(), 80),
+        ]);
+        let syms: Kallsyms = "ffffffff81000000 T ip_defrag\nffffffff81000800 T ip_expire\nffffffff81000a00 T inet_frag_rbtree_purge\nffffffff81001000 T udp_rcv\nffffffff81002000 T _etext\n"
+            .parse()
+            .unwrap();
+        Arc::new(NetInterpreter::new(reasons, Some(syms), BootClock::new()))
+    }
+
+    fn key(netns: u32, ifindex: u32, reason: u32, location: u64) -> DropKey {
+        DropKey {
+            netns,
+            ifindex,
+            reason,
+            l3_proto: 0x0800,
+            l4_proto: 17,
+            _pad: 0,
+            location,
+        }
+    }
+
+    fn packets(n: u64) -> Counter {
+        Counter {
+            packets: n,
+            bytes: n * 100,
+        }
+    }
+
+    fn if_key(netns: u32, ifindex: u32, direction: u32) -> IfKey {
+        IfKey {
+            netns,
+            ifindex,
+            direction,
+            _pad: 0,
+        }
+    }
+
+    /// The host with eth0 (2) and a VXLAN device vx0 (5, VNI 42), and a pod namespace.
+    fn topo() -> TopologySnapshot {
+        let mut t = topology(HOST, &[POD_NS]);
+        let link = |ifindex, name: &str| Link {
+            ifindex,
+            name: name.into(),
+            mtu: 1500,
+            kind: None,
+            up: true,
+            parent_ifindex: None,
+            link_netnsid: None,
+            vxlan: None,
+        };
+        t.links.insert(HOST, vec![link(2, "eth0"), link(5, "vx0")]);
+        t.links.insert(POD_NS, vec![link(3, "eth0")]);
+        t.vxlans.push(VxlanDevice {
+            netns: HOST,
+            device: "vx0".into(),
+            ifindex: 5,
+            vni: 42,
+            mtu: 1500,
+            up: true,
+            dst_port: 4789,
+            family: UnderlayFamily::Ipv4,
+            overhead: 50,
+            remote: None,
+            local: None,
+            external: false,
+            underlay: None,
+        });
+        t
+    }
+
+    /// The series without a loaded kernel object, and encoding them.
+    #[derive(Debug)]
+    struct Series(Arc<NetworkSeries>);
+
+    impl Collector for Series {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            self.0.lock().encode(&mut e)
+        }
+    }
+
+    impl Series {
+        fn update(
+            &self,
+            drops: &HashMap<DropKey, Counter>,
+            ifs: &HashMap<IfKey, IfCounters>,
+            t: Option<&TopologySnapshot>,
+            now: Instant,
+        ) {
+            self.0.update(drops, ifs, t, now);
+        }
+
+        fn text(&self) -> String {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(Series(self.0.clone())));
+            let mut out = String::new();
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+            out
+        }
+    }
+
+    fn counters(owners: FixedOwners, workload_labels: bool) -> (Series, Arc<FixedOwners>) {
+        let owners = Arc::new(owners);
+        let series = NetworkSeries {
+            interpreter: interpreter(),
+            owners: owners.clone(),
+            workload_labels,
+            state: Mutex::new(State::new(TTL)),
+        };
+        (Series(Arc::new(series)), owners)
+    }
+
+    #[test]
+    fn drops_and_failures_are_summed_per_namespace_reason_and_cause() {
+        let mut owners = FixedOwners::default();
+        owners
+            .pods
+            .insert(POD_NS, pod("uid", Some("web-0"), Some("shop")));
+        let (c, _) = counters(owners, true);
+        let t = topo();
+        let mut drops = HashMap::new();
+        // Queue overflow on two devices: one series.
+        drops.insert(key(POD_NS, 3, 2, 0xffff_ffff_8100_0100), packets(5));
+        drops.insert(key(POD_NS, 0, 2, 0xffff_ffff_8100_0104), packets(2));
+        // A timed-out datagram: its head freed in ip_expire counts, its other fragments
+        // (purged with the same reason) do not.
+        drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0810), packets(1));
+        drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0a10), packets(3));
+        drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(4));
+        c.update(&drops, &HashMap::new(), Some(&t), Instant::now());
+        let text = c.text();
+        let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
+        has(
+            r#"fathom_packet_drops_total{namespace="shop",pod="web-0",netns="4026532100",reason="NOT_SPECIFIED"} 7"#,
+        );
+        has(
+            r#"fathom_packet_drops_total{namespace="shop",pod="web-0",netns="4026532100",reason="FRAG_REASM_TIMEOUT"} 4"#,
+        );
+        has(
+            r#"fathom_packet_drops_total{namespace="",pod="",netns="4026531840",reason="NO_SOCKET"} 4"#,
+        );
+        has(
+            r#"fathom_ip_reassembly_failures_total{namespace="shop",pod="web-0",netns="4026532100",cause="queue_overflow"} 7"#,
+        );
+        has(
+            r#"fathom_ip_reassembly_failures_total{namespace="shop",pod="web-0",netns="4026532100",cause="timeout"} 1"#,
+        );
+        assert_eq!(
+            text.matches("fathom_ip_reassembly_failures_total{").count(),
+            2
+        );
+    }
+
+    #[test]
+    fn fragments_and_vxlan_traffic_are_named_by_the_topology() {
+        let (c, _) = counters(FixedOwners::default(), true);
+        let t = topo();
+        let mut ifs = HashMap::new();
+        ifs.insert(
+            if_key(HOST, 2, DIRECTION_TX),
+            IfCounters {
+                frag_packets: 6,
+                frag_first: 2,
+                ..Default::default()
+            },
+        );
+        // A device the topology does not know (yet).
+        ifs.insert(
+            if_key(POD_NS, 9, DIRECTION_RX),
+            IfCounters {
+                frag_packets: 3,
+                ..Default::default()
+            },
+        );
+        ifs.insert(
+            if_key(HOST, 5, DIRECTION_TX),
+            IfCounters {
+                vxlan_packets: 10,
+                vxlan_oversize: 4,
+                ..Default::default()
+            },
+        );
+        ifs.insert(
+            if_key(HOST, 5, DIRECTION_RX),
+            IfCounters {
+                vxlan_packets: 8,
+                ..Default::default()
+            },
+        );
+        let mut drops = HashMap::new();
+        drops.insert(key(HOST, 5, 80, 0xffff_ffff_8100_1004), packets(2));
+        // The pod namespace has no owner: its counts wait for the grace period.
+        let t0 = Instant::now();
+        c.update(&drops, &ifs, Some(&t), t0);
+        c.update(&drops, &ifs, Some(&t), t0 + NAMING_GRACE);
+        let text = c.text();
+        let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
+        has(
+            r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026531840",device="eth0",direction="tx"} 6"#,
+        );
+        has(
+            r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026532100",device="if9",direction="rx"} 3"#,
+        );
+        has(
+            r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="42",direction="tx"} 10"#,
+        );
+        has(
+            r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="42",direction="rx"} 8"#,
+        );
+        has(r#"fathom_vxlan_oversize_packets_total{netns="4026531840",device="vx0",vni="42"} 4"#);
+        assert_eq!(
+            text.matches("fathom_vxlan_oversize_packets_total{").count(),
+            1,
+            "tx only"
+        );
+        has(
+            r#"fathom_vxlan_drops_total{netns="4026531840",device="vx0",vni="42",reason="VXLAN_INVALID_HDR"} 2"#,
+        );
+        assert!(
+            !text.contains("fathom_ip_reassembly_failures_total{"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_new_namespace_is_exported_once_named_with_everything_counted_so_far() {
+        const NEW: u32 = 4026532200;
+        let mut owners = FixedOwners::default();
+        owners
+            .pods
+            .insert(POD_NS, pod("uid", Some("web-0"), Some("shop")));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let rx = |n| {
+            HashMap::from([(
+                if_key(NEW, 2, DIRECTION_RX),
+                IfCounters {
+                    frag_packets: n,
+                    ..Default::default()
+                },
+            )])
+        };
+        let mut drops = HashMap::new();
+        drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
+        // Not listed yet: the named pod's namespace is exported at once, the new one waits.
+        c.update(&drops, &rx(3), Some(&topo()), t0);
+        let text = c.text();
+        assert!(text.contains(r#"pod="web-0""#), "{text}");
+        assert!(!text.contains(r#"netns="4026532200""#), "{text}");
+        // Listed, devices named, but no owner (yet): still waiting within the grace period.
+        let mut t = topo();
+        t.netns.push(topology(HOST, &[NEW]).netns[1].clone());
+        t.links.insert(
+            NEW,
+            vec![Link {
+                ifindex: 2,
+                name: "eth0".into(),
+                mtu: 1500,
+                kind: None,
+                up: true,
+                parent_ifindex: None,
+                link_netnsid: None,
+                vxlan: None,
+            }],
+        );
+        c.update(&drops, &rx(5), Some(&t), t0 + NAMING_GRACE / 2);
+        assert!(!c.text().contains(r#"netns="4026532200""#));
+        c.update(&drops, &rx(6), Some(&t), t0 + NAMING_GRACE);
+        let text = c.text();
+        assert!(
+            text.contains(
+                "fathom_ip_fragments_total{namespace=\"\",pod=\"\",netns=\"4026532200\",device=\"eth0\",direction=\"rx\"} 6\n"
+            ),
+            "everything under the device's name: {text}"
+        );
+        assert!(!text.contains("if2"), "{text}");
+    }
+
+    #[test]
+    fn a_namespace_once_exported_is_never_counted_twice() {
+        let mut owners = FixedOwners::default();
+        owners.pods.insert(POD_NS, pod("uid", Some("web-0"), None));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let drops = |n| HashMap::from([(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(n))]);
+        c.update(&drops(5), &HashMap::new(), Some(&topo()), t0);
+        // Briefly not listed (gone, or a rescan in between): its counts stay exported...
+        let unlisted = topology(HOST, &[]);
+        c.update(
+            &drops(6),
+            &HashMap::new(),
+            Some(&unlisted),
+            t0 + NAMING_GRACE / 2,
+        );
+        // ... so they are never taken for new ones.
+        c.update(
+            &drops(6),
+            &HashMap::new(),
+            Some(&unlisted),
+            t0 + NAMING_GRACE,
+        );
+        c.update(&drops(7), &HashMap::new(), Some(&topo()), t0 + NAMING_GRACE);
+        let text = c.text();
+        assert!(
+            text.contains(
+                "fathom_packet_drops_total{namespace=\"\",pod=\"web-0\",netns=\"4026532100\",reason=\"NO_SOCKET\"} 7\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn series_of_a_gone_namespace_expire_after_the_ttl_and_live_ones_stay_monotonic() {
+        let mut owners = FixedOwners::default();
+        owners.pods.insert(POD_NS, pod("uid", Some("web-0"), None));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let mut drops = HashMap::new();
+        drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
+        drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
+        c.update(&drops, &HashMap::new(), Some(&topo()), t0);
+        // The pod's namespace is gone; its kernel entry stays.
+        let gone = topology(HOST, &[]);
+        drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(3));
+        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL / 2);
+        assert!(
+            c.text().contains(r#"netns="4026532100""#),
+            "not before the TTL"
+        );
+        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL);
+        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL * 2);
+        let text = c.text();
+        assert!(!text.contains(r#"netns="4026532100""#), "{text}");
+        assert!(
+            text.contains(
+                "fathom_packet_drops_total{namespace=\"\",pod=\"\",netns=\"4026531840\",reason=\"NO_SOCKET\"} 3\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_workload_labels_namespaces_share_series_but_vxlan_devices_keep_theirs() {
+        let mut owners = FixedOwners::default();
+        owners.pods.insert(POD_NS, pod("uid", Some("web-0"), None));
+        let (c, owners) = counters(owners, false);
+        let mut drops = HashMap::new();
+        drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
+        drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
+        let mut ifs = HashMap::new();
+        ifs.insert(
+            if_key(HOST, 5, DIRECTION_TX),
+            IfCounters {
+                vxlan_packets: 1,
+                ..Default::default()
+            },
+        );
+        c.update(&drops, &ifs, Some(&topo()), Instant::now());
+        let text = c.text();
+        assert!(
+            text.contains(
+                "fathom_packet_drops_total{namespace=\"\",pod=\"\",netns=\"\",reason=\"NO_SOCKET\"} 6\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0""#),
+            "{text}"
+        );
+        assert!(owners.asked.lock().unwrap().is_empty());
+    }
+}
