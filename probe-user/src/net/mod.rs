@@ -69,3 +69,21 @@ pub enum NetError {
     #[error("the topology service has stopped")]
     Stopped,
 }
+
+/// Logs a missing-privilege consequence once per process (such failures repeat on every scan).
+pub(crate) fn warn_permission_once(what: &'static str) {
+    use std::{collections::HashSet, sync::Mutex};
+    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.get_or_insert_with(HashSet::new).insert(what) {
+        tracing::warn!("{what}");
+    }
+}
+
+/// Whether an error message is EPERM / EACCES.
+pub(crate) fn is_permission_error(msg: &str) -> bool {
+    msg.contains("Operation not permitted")
+        || msg.contains("Permission denied")
+        || msg.contains("EPERM")
+        || msg.contains("EACCES")
+}

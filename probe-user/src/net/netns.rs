@@ -110,8 +110,18 @@ pub fn discover(cfg: &DiscoveryConfig) -> Result<BTreeMap<NetnsInode, Discovered
             continue;
         };
         // readlink is enough (no open, no stat): the link text carries the inode.
-        let Ok(t) = std::fs::read_link(e.path().join("ns/net")) else {
-            continue; // exited, or a kernel without /proc/<pid>/ns
+        let t = match std::fs::read_link(e.path().join("ns/net")) {
+            Ok(t) => t,
+            Err(err) => {
+                // Another user's process without CAP_SYS_PTRACE: its namespace stays unseen.
+                // pid 1 of a sandbox can be more privileged than root here; not worth a word.
+                if err.kind() == std::io::ErrorKind::PermissionDenied && pid != 1 {
+                    crate::net::warn_permission_once(
+                        "cannot read /proc/<pid>/ns/net of other users' processes (needs CAP_SYS_PTRACE): their network namespaces are not watched",
+                    );
+                }
+                continue; // exited, or a kernel without /proc/<pid>/ns
+            }
         };
         if let Some(ino) = t.to_str().and_then(parse_ns_link) {
             out.entry(ino).or_default().pids.push(pid);

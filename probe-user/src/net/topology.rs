@@ -356,7 +356,14 @@ impl Topology {
                 Ok(f) => {
                     map.insert(ino, f);
                 }
-                Err(e) => debug!(netns = ino, error = %e, "fragment memory not read"),
+                Err(e) => {
+                    if super::is_permission_error(&e.to_string()) {
+                        super::warn_permission_once(
+                            "cannot enter other network namespaces (needs CAP_SYS_ADMIN): their fragment-queue memory is not reported",
+                        );
+                    }
+                    debug!(netns = ino, error = %e, "fragment memory not read")
+                }
             }
         }
         let v = Arc::new(map);
@@ -574,6 +581,11 @@ impl Refresher {
                     self.links.remove(&ino);
                 }
                 Err(e) => {
+                    if super::is_permission_error(&e.to_string()) {
+                        super::warn_permission_once(
+                            "cannot enter other network namespaces (needs CAP_SYS_ADMIN): their links and VXLAN devices are not watched",
+                        );
+                    }
                     debug!(netns = ino, error = %e, "links not read");
                     self.errors.insert(ino, e.to_string());
                 }
