@@ -163,7 +163,10 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     for spec in PROGRAMS {
         let result = match (&net_offs, spec.family) {
             (Err(e), "net") => Err(format!("kernel BTF lacks what it needs: {e}")),
-            _ => attach_one(&mut ebpf, spec, &aya_btf),
+            _ => match unsupported_reason(&btf, spec) {
+                Some(why) => Err(why),
+                None => attach_one(&mut ebpf, spec, &aya_btf),
+            },
         };
         match &result {
             Ok(()) => info!(program = spec.name, "attached"),
@@ -185,6 +188,21 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         return Err(LoadError::NothingAttached(why));
     }
     Ok(Loaded { ebpf, status })
+}
+
+/// Why a program cannot work on this kernel although its hook exists, if it cannot.
+fn unsupported_reason(btf: &Btf, spec: &ProgramSpec) -> Option<String> {
+    match spec.name {
+        // Before the tracepoint carried the victim's task_struct (it gained total_vm, RSS, … at the
+        // same time) it passed only a pid, which a tp_btf program cannot turn into a task.
+        "oom_mark_victim" if btf.member("trace_event_raw_mark_victim", &["total_vm"]).is_none() => {
+            Some(
+                "oom:mark_victim passes only a pid on this kernel (needs Linux >= 6.2); OOM kills are not reported"
+                    .to_string(),
+            )
+        }
+        _ => None,
+    }
 }
 
 fn attach_one(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), String> {
