@@ -171,8 +171,8 @@ pub struct VxlanDev {
     pub _pad: u32,
 }
 
-/// Per CPU: the namespace of the last fragment received or of the last drop whose namespace
-/// was known. Fragment-queue purges run synchronously right after either (reassembly of the
+/// Per CPU: the namespace of the last fragment received or of the last fragment-queue drop
+/// whose namespace was known. Fragment-queue purges run synchronously right after either (reassembly of the
 /// fragment that made a queue "too far"; `ip_expire` freeing the head then the rest), on the
 /// same CPU, so this names their namespace.
 #[repr(C)]

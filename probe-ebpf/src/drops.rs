@@ -60,7 +60,10 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
             None => (0, 0),
         },
     };
-    if netns != 0 {
+    // Only fragment-queue drops refresh the context (an expired queue's head, freed with its
+    // device, just before the rest of the queue): under a flood of unrelated drops the context
+    // must not drift to the flooded namespace.
+    if netns != 0 && c.frag_reasons.contains(&reason) {
         set_net_context(netns, ifindex, now);
     }
     let l3_proto = u16::from_be(unsafe { read::<u16>(skb, o.skb_protocol) }.unwrap_or(0));

@@ -2,9 +2,9 @@
 //!
 //! Packet drops happen in softirq context where the current task is unrelated, so network
 //! events carry the device's netns inode (`net->ns.inum`) instead of a cgroup. The owner of a
-//! netns is found from the processes of known containers: a scan walks the hierarchy that
-//! holds every container (the memory one), takes one process of each container cgroup and
-//! reads the inode of its `/proc/<pid>/ns/net`. All containers of a Kubernetes pod share the
+//! netns is found from the processes of containers: a scan reads, for every process, the
+//! inode of `/proc/<pid>/ns/net` and its cgroup (in the hierarchy that holds every container,
+//! the memory one), which names its container. All containers of a Kubernetes pod share the
 //! pod's netns, so a netns shared by several containers of one pod maps to the pod alone; a
 //! netns shared across pods or by unrelated containers (host networking) maps to nothing rather
 //! than to a wrong workload. The host's own netns (that of pid 1, else ours) is never
@@ -13,11 +13,7 @@
 //! Each scan rebuilds the index, so it follows the live containers and never grows beyond
 //! them (and a configured cap).
 
-use std::{
-    collections::HashMap,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path};
 
 use crate::container;
 
@@ -42,7 +38,12 @@ pub(crate) struct NetnsScan {
     pub containers: usize,
 }
 
-/// Scans container cgroups below `root` (a hierarchy mount) using `/proc` at `proc_root`.
+/// Finds the container of every process in `/proc` at `proc_root` (its cgroup path in the
+/// hierarchy mounted at `root`) and groups containers by network namespace.
+///
+/// Walking processes rather than the cgroup tree keeps a scan proportional to what runs: a
+/// node's cgroup tree holds thousands of directories (many of them empty leftovers of
+/// containers that exited), its processes a few hundred.
 pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
     // pid 1's netns is the host's when we see the host's pids (a DaemonSet with hostPID).
     // When pid 1 is out of reach (a supervisor with more capabilities than ours: EACCES), our
@@ -51,47 +52,51 @@ pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
         let ino = std::fs::metadata(proc_root.join("self/ns/net")).ok()?.ino();
         u32::try_from(ino).ok()
     });
-    // netns → container cgroup paths in it.
+    // Which line of /proc/<pid>/cgroup names the path in `root`'s hierarchy.
+    let v2 = root.join("cgroup.controllers").exists();
     let mut by_ns: HashMap<u32, Vec<String>> = HashMap::new();
-    let mut containers = 0;
-    let mut visited = 0;
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        visited += 1;
+    let mut containers = std::collections::HashSet::new();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return NetnsScan::default();
+    };
+    for (visited, e) in entries.flatten().enumerate() {
         if visited > MAX_DIRS {
-            tracing::warn!(root = %root.display(), "netns scan stopped after {MAX_DIRS} cgroups");
+            tracing::warn!("netns scan stopped after {MAX_DIRS} processes");
             break;
         }
-        let is_container_leaf = container::parse(&rel)
-            .container
-            .is_some_and(|c| c.component + 1 == rel.split('/').filter(|p| !p.is_empty()).count());
-        if is_container_leaf {
-            containers += 1;
-            if let Some(ns) = first_pid(&dir).and_then(|pid| netns_of(proc_root, pid))
-                && Some(ns) != host
-            {
-                let paths = by_ns.entry(ns).or_default();
-                if paths.len() < 64 {
-                    paths.push(rel.clone());
-                }
-            }
-            // Sub-cgroups of a container (podman's `/container`) are the same container.
-            continue;
-        }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir())
-                && let Some(name) = e.file_name().to_str()
-            {
-                stack.push((e.path(), format!("{rel}/{name}")));
-            }
+        let Some(ns) = netns_of(proc_root, pid) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(e.path().join("cgroup")) else {
+            continue;
+        };
+        let Some(path) = cgroup_path(&text, v2) else {
+            continue;
+        };
+        // The container's own cgroup (podman nests its processes in `/container` below it).
+        let Some(c) = container::parse(path).container else {
+            continue;
+        };
+        let cpath: String = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .take(c.component + 1)
+            .fold(String::new(), |acc, p| acc + "/" + p);
+        containers.insert(cpath.clone());
+        if Some(ns) == host {
+            continue;
+        }
+        let paths = by_ns.entry(ns).or_default();
+        if paths.len() < 64 && !paths.contains(&cpath) {
+            paths.push(cpath);
         }
     }
 
     let mut out = NetnsScan {
-        containers,
+        containers: containers.len(),
         ..Default::default()
     };
     for (ns, paths) in by_ns {
@@ -106,6 +111,21 @@ pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
         }
     }
     out
+}
+
+/// The path of a `/proc/<pid>/cgroup` text in the v2 hierarchy (`0::/path`) or in the v1
+/// hierarchy carrying the memory controller (`N:memory:/path`, possibly co-mounted).
+fn cgroup_path(text: &str, v2: bool) -> Option<&str> {
+    text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let hit = if v2 {
+            id == "0" && ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == "memory")
+        };
+        hit.then_some(path)
+    })
 }
 
 /// One container → it; several containers all in the same pod → the pod; else ambiguous.
@@ -126,20 +146,6 @@ fn owner_of(paths: &[String]) -> Option<NetnsOwner> {
             path: first.clone(),
             shared: true,
         })
-}
-
-/// A process in `dir` or, when it has none (processes live in leaves on cgroup v2), in its
-/// sub-cgroups.
-fn first_pid(dir: &Path) -> Option<u32> {
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-    if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
-        return Some(pid);
-    }
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .find_map(|e| first_pid(&e.path()))
 }
 
 pub(crate) fn netns_of(proc_root: &Path, pid: u32) -> Option<u32> {
@@ -173,39 +179,51 @@ mod tests {
         );
     }
 
-    /// A fake cgroup tree and /proc: containers are found, the host netns is not attributed.
     #[test]
-    fn scan_fake_tree() {
+    fn cgroup_lines() {
+        let hybrid = "12:memory:/kubepods/x\n1:name=systemd:/\n0::/kubepods/x\n";
+        assert_eq!(cgroup_path(hybrid, false), Some("/kubepods/x"));
+        assert_eq!(cgroup_path(hybrid, true), Some("/kubepods/x"));
+        assert_eq!(cgroup_path("4:cpu,memory:/a\n", false), Some("/a"));
+        assert_eq!(cgroup_path("0::/b\n", false), None);
+        assert_eq!(cgroup_path("garbage", true), None);
+    }
+
+    /// A fake /proc: containers are found through their processes, the host netns is not
+    /// attributed, podman's nested cgroup names its container.
+    #[test]
+    fn scan_fake_proc() {
         let d = std::env::temp_dir().join(format!("fathom-netns-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let (cg, proc_) = (d.join("cg"), d.join("proc"));
-        let c1 = cg.join(format!("kubepods/pod{UID}/{}", id(1)));
-        let c2 = cg.join(format!("docker/{}", id(2)));
-        for c in [&c1, &c2] {
-            std::fs::create_dir_all(c).unwrap();
-        }
-        std::fs::write(c1.join("cgroup.procs"), "100\n").unwrap();
-        // c2 keeps its process in a sub-cgroup.
-        std::fs::create_dir_all(c2.join("init")).unwrap();
-        std::fs::write(c2.join("cgroup.procs"), "").unwrap();
-        std::fs::write(c2.join("init/cgroup.procs"), "200\n").unwrap();
-        for (pid, target) in [(1, "host"), (100, "a"), (200, "host")] {
-            let ns = proc_.join(pid.to_string()).join("ns");
-            std::fs::create_dir_all(&ns).unwrap();
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.controllers"), "memory\n").unwrap();
+        let c1 = format!("/kubepods/pod{UID}/{}", id(1));
+        let c2 = format!("/machine.slice/libpod-{}.scope", id(2));
+        for (pid, target, path) in [
+            (1, "host", "/".to_string()),
+            (100, "a", c1.clone()),
+            (101, "a", c1.clone()),
+            (200, "host", format!("/docker/{}", id(3))),
+            (300, "b", format!("{c2}/container")),
+            (400, "c", "/system.slice/foo.service".to_string()),
+        ] {
+            let dir = proc_.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
             let f = d.join(format!("ns-{target}"));
             if !f.exists() {
                 std::fs::write(&f, "").unwrap();
             }
-            std::os::unix::fs::symlink(&f, ns.join("net")).unwrap();
+            std::os::unix::fs::symlink(&f, dir.join("ns/net")).unwrap();
+            std::fs::write(dir.join("cgroup"), format!("0::{path}\n")).unwrap();
         }
         let s = scan(&cg, &proc_, 16);
-        assert_eq!(s.containers, 2);
-        assert_eq!(s.owners.len(), 1, "{s:?}");
-        let ino_a = std::fs::metadata(d.join("ns-a")).unwrap().ino() as u32;
-        assert_eq!(
-            s.owners[&ino_a].path,
-            format!("/kubepods/pod{UID}/{}", id(1))
-        );
+        assert_eq!(s.containers, 3, "{s:?}");
+        assert_eq!(s.owners.len(), 2, "{s:?}");
+        let ino = |t: &str| std::fs::metadata(d.join(format!("ns-{t}"))).unwrap().ino() as u32;
+        assert_eq!(s.owners[&ino("a")].path, c1);
+        assert!(!s.owners[&ino("a")].shared, "one container, two processes");
+        assert_eq!(s.owners[&ino("b")].path, c2);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
