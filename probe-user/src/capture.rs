@@ -53,6 +53,8 @@ pub struct CaptureOptions {
     pub summary: bool,
     /// Drop samples per second per CPU let into the ring buffer.
     pub drop_events_per_sec: u64,
+    /// Burst allowance of that rate limit.
+    pub drop_events_burst: u64,
     /// Runtime sockets and cache bounds of the attribution layer.
     pub attribution: AttributionConfig,
 }
@@ -70,6 +72,7 @@ impl Default for CaptureOptions {
             workload: WorkloadFilter::default(),
             summary: false,
             drop_events_per_sec: load.drop_events_per_sec,
+            drop_events_burst: load.drop_events_burst,
             attribution: AttributionConfig::default(),
         }
     }
@@ -484,7 +487,7 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
         load: LoadOptions {
             btf_path: opts.btf_path.clone(),
             drop_events_per_sec: opts.drop_events_per_sec,
-            ..LoadOptions::default()
+            drop_events_burst: opts.drop_events_burst,
         },
         attribution: opts.attribution.clone(),
         ..PipelineConfig::default()

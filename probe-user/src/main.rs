@@ -72,6 +72,9 @@ enum Command {
         /// Drop samples per second and CPU shown at most (the totals stay exact).
         #[arg(long, default_value_t = 100)]
         drop_events_per_sec: u64,
+        /// Burst allowance of that rate limit.
+        #[arg(long, default_value_t = 200, hide = true)]
+        drop_events_burst: u64,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
@@ -98,6 +101,13 @@ enum Command {
         /// the sysctl kernel.bpf_stats_enabled is not touched).
         #[arg(long)]
         bpf_stats: bool,
+        /// Drop samples per second and CPU read from the kernel (they feed no metric; the
+        /// counts are exact without them).
+        #[arg(long, default_value_t = 100, hide = true)]
+        drop_events_per_sec: u64,
+        /// Burst allowance of that rate limit.
+        #[arg(long, default_value_t = 200, hide = true)]
+        drop_events_burst: u64,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
@@ -180,6 +190,7 @@ fn main() -> ExitCode {
             container,
             summary,
             drop_events_per_sec,
+            drop_events_burst,
             btf,
         } => rt.block_on(capture::run(capture::CaptureOptions {
             output,
@@ -195,6 +206,7 @@ fn main() -> ExitCode {
             },
             summary,
             drop_events_per_sec,
+            drop_events_burst,
             attribution: attribution_config(
                 &cli.containerd_socket,
                 &cli.docker_socket,
@@ -207,6 +219,8 @@ fn main() -> ExitCode {
             series_ttl,
             no_workload_labels,
             bpf_stats,
+            drop_events_per_sec,
+            drop_events_burst,
             btf,
         } => rt
             .block_on(serve::run(serve::ServeOptions {
@@ -218,6 +232,8 @@ fn main() -> ExitCode {
                 workload_labels: !no_workload_labels,
                 bpf_stats,
                 btf_path: btf,
+                drop_events_per_sec,
+                drop_events_burst,
                 attribution: attribution_config(
                     &cli.containerd_socket,
                     &cli.docker_socket,

@@ -178,6 +178,8 @@ pub struct ProgramRunStats {
 struct KernelInner {
     ebpf: Mutex<Ebpf>,
     status: Vec<ProgramStatus>,
+    /// Ring-buffer records read by the pipeline, indexed by `EventKind`.
+    delivered: [std::sync::atomic::AtomicU64; KIND_SLOTS as usize],
 }
 
 /// Shared handle to the loaded programs and maps. Cheap to clone; the lock is held only while
@@ -198,7 +200,29 @@ impl Kernel {
         Self(Arc::new(KernelInner {
             ebpf: Mutex::new(ebpf),
             status,
+            delivered: Default::default(),
         }))
+    }
+
+    fn count_delivered(&self, kind: EventKind) {
+        if let Some(c) = self.0.delivered.get(kind as usize) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Records the pipeline read from the ring buffer, per stream (with lost and suppressed,
+    /// every record the kernel produced or refused is accounted for).
+    pub fn events_delivered(&self) -> Vec<StreamCount> {
+        event_kinds()
+            .map(|kind| StreamCount {
+                stream: stream_name(kind),
+                count: self
+                    .0
+                    .delivered
+                    .get(kind as usize)
+                    .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed)),
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Ebpf> {
@@ -556,6 +580,10 @@ impl Pipeline {
                         handled += 1;
                         // Copied out at once: the kernel reuses the record when `item` drops.
                         if let Some(raw) = decode(&item) {
+                            self.kernel.count_delivered(match &raw {
+                                RawEvent::OomKill(_) => EventKind::OomKill,
+                                RawEvent::PacketDrop(_) => EventKind::PacketDrop,
+                            });
                             batch.push(raw);
                         }
                     }

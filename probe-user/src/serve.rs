@@ -70,6 +70,9 @@ pub struct ServeOptions {
     pub btf_path: String,
     /// Runtime sockets and cache bounds of the attribution layer.
     pub attribution: crate::attribution::AttributionConfig,
+    /// Drop-sample rate limit (per CPU) and burst.
+    pub drop_events_per_sec: u64,
+    pub drop_events_burst: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +222,8 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let mut pipeline = Pipeline::start_with(&crate::pipeline::PipelineConfig {
         load: LoadOptions {
             btf_path: opts.btf_path.clone(),
-            ..LoadOptions::default()
+            drop_events_per_sec: opts.drop_events_per_sec,
+            drop_events_burst: opts.drop_events_burst,
         },
         attribution: opts.attribution.clone(),
         // A long-running exporter must not let the counter maps fill with the keys of

@@ -55,7 +55,8 @@ enum Task {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace.
     Lint,
-    /// Benchmarks (not implemented yet).
+    /// Benchmarks: kernel cost vs bpftrace, flood accounting, footprint, scrape latency,
+    /// startup (results in target/bench/results.json).
     Bench,
 }
 

@@ -72,6 +72,12 @@ impl Collector for SelfMetrics {
 
         encode_streams(
             &mut encoder,
+            "fathom_events_delivered",
+            "Event records read from the ring buffer (with lost and suppressed: every record accounted for)",
+            &self.kernel.events_delivered(),
+        )?;
+        encode_streams(
+            &mut encoder,
             "fathom_events_lost",
             "Event records the kernel dropped because the ring buffer was full",
             &self.kernel.events_lost(),
