@@ -92,6 +92,9 @@ impl Default for PipelineConfig {
 /// How often mismatched VXLAN devices are checked for traffic that proves the mismatch.
 const EVIDENCE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Heap trimming period, in evidence ticks (one minute).
+const TRIM_EVERY_TICKS: u64 = 30;
+
 /// Errors a sink may return; the pipeline stops and passes them on.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -370,6 +373,10 @@ impl Pipeline {
         );
         let btf = Btf::from_file(&opts.btf_path).map_err(LoadError::from)?;
         let net = Arc::new(NetInterpreter::from_system(&btf));
+        drop(btf);
+        // Loading parsed the kernel's BTF (several MiB, twice) and the symbol table; give the
+        // freed heap back so an idle daemon's RSS is what it keeps, not what it once needed.
+        trim_heap();
         let topology = cfg.topology.then(|| Arc::new(Topology::start()));
         Ok(Self {
             kernel: Kernel::new(loaded.ebpf, loaded.status),
@@ -526,6 +533,7 @@ impl Pipeline {
             None => None,
         };
         let mut evidence_tick = tokio::time::interval(EVIDENCE_INTERVAL);
+        let mut ticks: u64 = 0;
         evidence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -560,6 +568,12 @@ impl Pipeline {
                     }
                 }
                 _ = evidence_tick.tick() => {
+                    ticks += 1;
+                    // Bursts (a scrape of many series, a flood of samples) leave free heap
+                    // behind; hand it back now and then.
+                    if ticks % TRIM_EVERY_TICKS == 0 {
+                        trim_heap();
+                    }
                     for ev in self.mismatch_evidence() {
                         if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
                             return Ok(RunEnd::SinkDone);
@@ -638,6 +652,15 @@ fn to_event(oom: &mut OomInterpreter, record: &[u8]) -> Option<Event> {
     match decode(record)? {
         RawEvent::OomKill(k) => Some(Event::OomKill(oom.interpret(&k))),
         RawEvent::PacketDrop(_) => None,
+    }
+}
+
+/// Returns free heap pages to the kernel (glibc's `malloc_trim`; a no-op elsewhere).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
