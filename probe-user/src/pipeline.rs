@@ -571,7 +571,7 @@ impl Pipeline {
                     ticks += 1;
                     // Bursts (a scrape of many series, a flood of samples) leave free heap
                     // behind; hand it back now and then.
-                    if ticks % TRIM_EVERY_TICKS == 0 {
+                    if ticks.is_multiple_of(TRIM_EVERY_TICKS) {
                         trim_heap();
                     }
                     for ev in self.mismatch_evidence() {
