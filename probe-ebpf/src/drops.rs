@@ -47,11 +47,13 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
     net_stat(NET_STAT_DROPS_SEEN);
 
     let dev = unsafe { read_ptr(skb, o.skb_dev) }.unwrap_or(core::ptr::null());
-    let sk = unsafe { read_ptr(skb, o.skb_sk) }.unwrap_or(core::ptr::null());
+    // The socket is only needed when the device does not name the namespace, and for
+    // samples: read it lazily (every probe read counts at millions of drops per second).
+    let read_sk = || unsafe { read_ptr(skb, o.skb_sk) }.unwrap_or(core::ptr::null());
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let (netns, ifindex) = match unsafe { dev_netns(&o, &c, dev) } {
         Some(v) => v,
-        None => match unsafe { sk_netns(&o, &c, sk) } {
+        None => match unsafe { sk_netns(&o, &c, read_sk()) } {
             Some(ns) => (ns, 0),
             // A queued fragment: dev and sk are reused by the queue (see NetContext).
             None if c.frag_reasons.contains(&reason) => {
@@ -98,7 +100,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
 
-    if !take_token(c.drop_events_per_sec, c.drop_events_burst) {
+    if !take_token(now, c.drop_events_per_sec, c.drop_events_burst) {
         count_suppressed(EventKind::PacketDrop as u32);
         return Ok(());
     }
@@ -111,7 +113,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
     ev.header.size = core::mem::size_of::<PacketDropEvent>() as u32;
     ev.header.boot_ns = now;
     ev.key = key;
-    ev.sk_cgroup_id = unsafe { sk_cgroup_id(&o, sk) };
+    ev.sk_cgroup_id = unsafe { sk_cgroup_id(&o, read_sk()) };
     ev.len = len;
     ev.snap_len = 0;
     if let Some(nh) = nh {
@@ -136,14 +138,13 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
 /// Per-CPU token bucket: `rate` tokens per second up to `burst`.
 #[inline(always)]
-fn take_token(rate: u64, burst: u64) -> bool {
+fn take_token(now: u64, rate: u64, burst: u64) -> bool {
     if rate == 0 {
         return false;
     }
     let Some(state) = DROP_RATE.get_ptr_mut(0) else {
         return false;
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let state = unsafe { &mut *state };
     let elapsed = now.saturating_sub(state.last_ns);
     // Refill in whole tokens; keep the remainder of the interval for the next refill.
