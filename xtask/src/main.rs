@@ -109,13 +109,18 @@ fn run(task: Task) -> Result<u8> {
                 eprintln!("xtask: deploy/check.sh failed");
                 return Ok(cmd::exit_code(deploy));
             }
-            let st = cmd::status(
-                cmd::cargo()
-                    .args(["test", "--workspace"])
-                    .args(args)
-                    .env("FATHOM_BIN", target_dir(&root).join("debug/fathom"))
-                    .current_dir(&root),
-            )?;
+            let mut test = cmd::cargo();
+            test.args(["test", "--workspace"])
+                .args(args)
+                .env("FATHOM_BIN", target_dir(&root).join("debug/fathom"))
+                .current_dir(&root);
+            let (st, totals) = run_counting_tests(&mut test)?;
+            // One closing line for the whole suite (cargo prints one per test binary, the
+            // last often a doc-test run of 0).
+            println!(
+                "tests: {} passed, {} failed, {} skipped",
+                totals.passed, totals.failed, totals.ignored
+            );
             Ok(cmd::exit_code(st))
         }
         Task::Lint => lint(&root),
@@ -217,5 +222,77 @@ mod tests {
             panic!("not a run command")
         };
         assert_eq!(args, ["--json", "-v"]);
+    }
+}
+
+/// Sums of the `test result:` lines of a cargo test run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds one libtest summary line (`test result: ok. 3 passed; 0 failed; 1 ignored; ...`).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cmd`, echoing its stdout line by line while summing the test results in it.
+fn run_counting_tests(cmd: &mut Command) -> Result<(std::process::ExitStatus, TestTotals)> {
+    use std::io::{BufRead as _, Write as _};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start `{}`: {e}", cmd::describe(cmd)))?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        totals.add_line(&line);
+        let _ = writeln!(out, "{line}");
+    }
+    drop(out);
+    Ok((child.wait()?, totals))
+}
+
+#[cfg(test)]
+mod totals_tests {
+    use super::TestTotals;
+
+    #[test]
+    fn sums_libtest_summaries() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s");
+        t.add_line(
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 5 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 4,
+                failed: 2,
+                ignored: 1
+            }
+        );
     }
 }
