@@ -40,6 +40,10 @@ pub struct NetOffsets {
     // struct skb_shared_info (at skb->head + skb->end)
     pub shinfo_gso_size: u32,
     pub shinfo_gso_segs: u32,
+    /// `net_device.netdev_ops`, ABSENT if unknown.
+    pub dev_netdev_ops: u32,
+    /// `net_device_ops.ndo_start_xmit`, ABSENT if unknown.
+    pub ops_ndo_start_xmit: u32,
     pub _pad: u32,
 }
 
@@ -65,6 +69,8 @@ impl NetOffsets {
             kn_id: 0,
             shinfo_gso_size: 0,
             shinfo_gso_segs: 0,
+            dev_netdev_ops: 0,
+            ops_ndo_start_xmit: 0,
             _pad: 0,
         }
     }
@@ -83,6 +89,10 @@ pub struct NetConfig {
     /// reused by the queue), so their namespace is taken from the fragment-path context of
     /// the same CPU (see `NetContext`).
     pub frag_reasons: [u32; 4],
+    /// Address of the kernel's `vxlan_xmit` (/proc/kallsyms), 0 when unknown. A device whose
+    /// `netdev_ops->ndo_start_xmit` is another function is no VXLAN device: packets that are
+    /// no fragments leave the per-packet programs before any namespace lookup.
+    pub vxlan_xmit_addr: u64,
 }
 
 impl NetConfig {
@@ -91,6 +101,7 @@ impl NetConfig {
             drop_events_per_sec: 0,
             drop_events_burst: 0,
             frag_reasons: [u32::MAX; 4],
+            vxlan_xmit_addr: 0,
         }
     }
 }

@@ -149,6 +149,7 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             reason("DUP_FRAG"),
             u32::MAX,
         ],
+        vxlan_xmit_addr: vxlan_xmit_address(),
     };
     let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default())?;
     let net_offs_value = net_offs.as_ref().copied().unwrap_or(NetOffsets::zeroed());
@@ -188,6 +189,18 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         return Err(LoadError::NothingAttached(why));
     }
     Ok(Loaded { ebpf, status })
+}
+
+/// `vxlan_xmit`'s address, when VXLAN is built in or its module is loaded (0 otherwise: the
+/// per-packet programs then look every device up).
+fn vxlan_xmit_address() -> u64 {
+    match crate::kallsyms::Kallsyms::load() {
+        Ok(k) => k
+            .address_of("vxlan_xmit")
+            .or_else(|| k.address_of("vxlan_xmit [vxlan]"))
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 /// Why a program cannot work on this kernel although its hook exists, if it cannot.

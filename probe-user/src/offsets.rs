@@ -247,6 +247,12 @@ pub fn net_offsets(btf: &Btf) -> Result<NetOffsets, OffsetsError> {
         &["gso_size"],
         "skb_shared_info.gso_size",
     )?;
+    o.dev_netdev_ops = btf
+        .member_offset("net_device", &["netdev_ops"])
+        .unwrap_or(KernelOffsets::ABSENT);
+    o.ops_ndo_start_xmit = btf
+        .member_offset("net_device_ops", &["ndo_start_xmit"])
+        .unwrap_or(KernelOffsets::ABSENT);
     o.shinfo_gso_segs = offset(
         btf,
         "skb_shared_info",
