@@ -101,6 +101,9 @@ pub enum LoadError {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub status: Vec<ProgramStatus>,
+    /// The kernel's symbols, read once while loading (None without the privilege to see
+    /// kernel addresses); reused to name drop locations.
+    pub kallsyms: Option<crate::kallsyms::Kallsyms>,
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it (< 5.11). Newer
@@ -135,6 +138,13 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if let Err(e) = &net_offs {
         warn!(error = %e, "network programs disabled");
     }
+    let kallsyms = match crate::kallsyms::Kallsyms::load() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!(error = %e, "kernel symbols unavailable: drop locations stay unnamed");
+            None
+        }
+    };
     let reason = |name: &str| {
         btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))
             .and_then(|v| u32::try_from(v).ok())
@@ -149,7 +159,7 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             reason("DUP_FRAG"),
             u32::MAX,
         ],
-        vxlan_xmit_addr: vxlan_xmit_address(),
+        vxlan_xmit_addr: kallsyms.as_ref().map_or(0, vxlan_xmit_address),
     };
     let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default())?;
     let net_offs_value = net_offs.as_ref().copied().unwrap_or(NetOffsets::zeroed());
@@ -188,19 +198,19 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .join("; ");
         return Err(LoadError::NothingAttached(why));
     }
-    Ok(Loaded { ebpf, status })
+    Ok(Loaded {
+        ebpf,
+        status,
+        kallsyms,
+    })
 }
 
 /// `vxlan_xmit`'s address, when VXLAN is built in or its module is loaded (0 otherwise: the
 /// per-packet programs then look every device up).
-fn vxlan_xmit_address() -> u64 {
-    match crate::kallsyms::Kallsyms::load() {
-        Ok(k) => k
-            .address_of("vxlan_xmit")
-            .or_else(|| k.address_of("vxlan_xmit [vxlan]"))
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
+fn vxlan_xmit_address(k: &crate::kallsyms::Kallsyms) -> u64 {
+    k.address_of("vxlan_xmit")
+        .or_else(|| k.address_of("vxlan_xmit [vxlan]"))
+        .unwrap_or(0)
 }
 
 /// Why a program cannot work on this kernel although its hook exists, if it cannot.

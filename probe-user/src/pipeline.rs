@@ -372,7 +372,11 @@ impl Pipeline {
             hier.memory.clone().map(Resolver::new),
         );
         let btf = Btf::from_file(&opts.btf_path).map_err(LoadError::from)?;
-        let net = Arc::new(NetInterpreter::from_system(&btf));
+        let net = Arc::new(NetInterpreter::new(
+            crate::drop_reason::DropReasons::from_btf(&btf),
+            loaded.kallsyms.take(),
+            BootClock::new(),
+        ));
         drop(btf);
         // Loading parsed the kernel's BTF (several MiB, twice) and the symbol table; give the
         // freed heap back so an idle daemon's RSS is what it keeps, not what it once needed.
