@@ -104,6 +104,8 @@ pub struct Loaded {
     /// The kernel's symbols, read once while loading (None without the privilege to see
     /// kernel addresses); reused to name drop locations.
     pub kallsyms: Option<crate::kallsyms::Kallsyms>,
+    /// Names of the kernel's drop reasons, read from the same BTF parse as the offsets.
+    pub drop_reasons: crate::drop_reason::DropReasons,
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it (< 5.11). Newer
@@ -202,6 +204,7 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         status,
         kallsyms,
+        drop_reasons: crate::drop_reason::DropReasons::from_btf(&btf),
     })
 }
 

@@ -119,36 +119,27 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
 /// Deletes every `DROPS` and `IF_COUNTS` key of network namespace `netns` (it is gone: its
 /// inode may be reused by a new namespace, whose counts must start from zero).
 pub fn forget_netns(ebpf: &mut aya::Ebpf, netns: u32) -> Result<usize, CountersError> {
-    let mut removed = 0;
-    {
-        let m = ebpf
-            .map_mut("DROPS")
-            .ok_or(CountersError::MissingMap("DROPS"))?;
-        let mut m: PerCpuHashMap<&mut MapData, DropKey, Counter> =
-            PerCpuHashMap::try_from(m).map_err(map_err("DROPS"))?;
-        let keys: Vec<DropKey> = m
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.netns == netns)
-            .collect();
-        for k in keys {
-            removed += usize::from(m.remove(&k).is_ok());
-        }
-    }
-    let m = ebpf
-        .map_mut("IF_COUNTS")
-        .ok_or(CountersError::MissingMap("IF_COUNTS"))?;
-    let mut m: PerCpuHashMap<&mut MapData, IfKey, IfCounters> =
-        PerCpuHashMap::try_from(m).map_err(map_err("IF_COUNTS"))?;
-    let keys: Vec<IfKey> = m
+    Ok(
+        remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| k.netns == netns)?
+            + remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?,
+    )
+}
+
+/// Removes the keys of per-CPU hash `name` that `doomed` selects; returns how many.
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    doomed: impl Fn(&K) -> bool,
+) -> Result<usize, CountersError> {
+    let m = ebpf.map_mut(name).ok_or(CountersError::MissingMap(name))?;
+    let mut m: PerCpuHashMap<&mut MapData, K, V> =
+        PerCpuHashMap::try_from(m).map_err(map_err(name))?;
+    let keys: Vec<K> = m
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| k.netns == netns)
+        .filter(|k| doomed(k))
         .collect();
-    for k in keys {
-        removed += usize::from(m.remove(&k).is_ok());
-    }
-    Ok(removed)
+    Ok(keys.iter().filter(|k| m.remove(k).is_ok()).count())
 }
 
 /// Replaces the contents of `VXLAN_DEVS` with `devs`.

@@ -29,7 +29,6 @@ use tracing::warn;
 
 use crate::{
     attribution::{AttributionConfig, Attributor, Hierarchy, Workload},
-    btf::Btf,
     cgroup::{Hierarchies, Resolver},
     clock::BootClock,
     events::{self, RawEvent, RawPacketDrop},
@@ -371,13 +370,11 @@ impl Pipeline {
             hier.unified.clone().map(Resolver::new),
             hier.memory.clone().map(Resolver::new),
         );
-        let btf = Btf::from_file(&opts.btf_path).map_err(LoadError::from)?;
         let net = Arc::new(NetInterpreter::new(
-            crate::drop_reason::DropReasons::from_btf(&btf),
+            std::mem::take(&mut loaded.drop_reasons),
             loaded.kallsyms.take(),
             BootClock::new(),
         ));
-        drop(btf);
         // Loading parsed the kernel's BTF (several MiB, twice) and the symbol table; give the
         // freed heap back so an idle daemon's RSS is what it keeps, not what it once needed.
         trim_heap();
