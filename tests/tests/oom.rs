@@ -17,6 +17,9 @@ use serde_json::Value;
 const READY: Duration = Duration::from_secs(30);
 const EVENT: Duration = Duration::from_secs(30);
 const PAGE: u64 = 4096;
+/// Pages a CPU may hold as pre-charged stock (mm/memcontrol.c MEMCG_CHARGE_BATCH): when other
+/// CPUs are busy, usage at kill time can sit that far below the limit (seen: 57 pages).
+const MEMCG_CHARGE_BATCH: u64 = 64;
 
 fn capture() -> FathomCapture {
     let mut f = FathomCapture::start(&[]);
@@ -56,8 +59,8 @@ fn oom_in_a_64mib_cgroup_is_reported_once_with_limit_and_usage() {
     assert_eq!(ev["memcg"]["id"], cg.memory_cgroup_id());
     let usage = ev["memcg"]["usage_bytes"].as_u64().unwrap();
     assert!(
-        (64u64 << 20) - usage <= 8 * PAGE && usage <= 64 << 20,
-        "usage {usage} not within a few pages of the limit"
+        (64u64 << 20) - usage <= MEMCG_CHARGE_BATCH * PAGE && usage <= 64 << 20,
+        "usage {usage} not within a charge batch of the limit"
     );
     if let Some(id) = cg.unified_cgroup_id() {
         assert_eq!(ev["victim"]["cgroup_id"], id);
