@@ -65,9 +65,24 @@ impl NetNs {
     }
 
     /// A `Command` running `args` inside the namespace (for spawning long-running processes).
+    /// The child joins the namespace before its exec, so once `spawn` returns it is inside
+    /// (with `ip netns exec` it would still be on its way in, invisible to the drop guard).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let ns = std::fs::File::open(self.path()).expect("open netns");
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        // SAFETY: setns(2) is a plain syscall, async-signal-safe between fork and exec; the
+        // closure owns the namespace file, so the fd is open until the command is dropped.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -105,22 +120,40 @@ impl Default for NetNs {
     }
 }
 
+impl NetNs {
+    /// Pids of the processes inside the namespace (by namespace inode, like `ip netns pids`).
+    fn members(inode: u64) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|&pid| {
+                crate::inode_of(std::path::Path::new(&format!("/proc/{pid}/ns/net")))
+                    .is_ok_and(|i| i == inode)
+            })
+            .collect()
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
-        // Processes left inside would keep the namespace alive after `ip netns del`.
-        if let Ok(o) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .stderr(Stdio::null())
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                if pid as u32 != std::process::id() {
-                    // SAFETY: kill(2) on a pid listed as living in our namespace.
+        // Processes left inside would keep the namespace alive after `ip netns del`. Kill
+        // until none is left (killed children turn into zombies, which have no namespace).
+        if let Ok(inode) = crate::inode_of(&self.path()) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let pids = Self::members(inode);
+                if pids.is_empty() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                for pid in pids {
+                    // SAFETY: kill(2) on a pid living in our namespace.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
         if let Err(e) = run_checked(Command::new("ip").args(["netns", "del", &self.name])) {

@@ -110,7 +110,7 @@ fn run(task: Task) -> Result<u8> {
                 return Ok(cmd::exit_code(deploy));
             }
             let mut test = cmd::cargo();
-            test.args(["test", "--workspace"])
+            test.args(["test", "--workspace", "--no-fail-fast"])
                 .args(args)
                 .env("FATHOM_BIN", target_dir(&root).join("debug/fathom"))
                 .current_dir(&root);
