@@ -14,6 +14,7 @@ use crate::{
     net_counters,
     netreport::{MtuMismatchEvent, NetTotals, PacketDrop},
     oom::OomKill,
+    pcap::PcapWriter,
     pipeline::{Event, EventSink, Pipeline, PipelineConfig, SinkError},
 };
 
@@ -57,6 +58,11 @@ pub struct CaptureOptions {
     pub drop_events_burst: u64,
     /// Runtime sockets and cache bounds of the attribution layer.
     pub attribution: AttributionConfig,
+    /// Only network events of this network namespace (inode).
+    pub netns: Option<u32>,
+    /// Also write the dropped packets as pcapng here (`-`: to stdout, the events then go to
+    /// stderr).
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 impl Default for CaptureOptions {
@@ -74,6 +80,8 @@ impl Default for CaptureOptions {
             drop_events_per_sec: load.drop_events_per_sec,
             drop_events_burst: load.drop_events_burst,
             attribution: AttributionConfig::default(),
+            netns: None,
+            pcap: None,
         }
     }
 }
@@ -84,6 +92,8 @@ pub struct EventFilter {
     pub kinds: Vec<Kind>,
     pub reasons: Vec<String>,
     pub workload: WorkloadFilter,
+    /// Network namespace inode: only network events of it.
+    pub netns: Option<u32>,
 }
 
 impl EventFilter {
@@ -103,6 +113,16 @@ impl EventFilter {
         };
         if !kind_ok {
             return false;
+        }
+        if let Some(want) = self.netns {
+            let netns = match event {
+                Event::OomKill(_) => None,
+                Event::PacketDrop(d) => Some(d.netns),
+                Event::MtuMismatch(m) => Some(m.mismatch.netns),
+            };
+            if netns != Some(want) {
+                return false;
+            }
         }
         if !self.reasons.is_empty() {
             match event {
@@ -449,20 +469,32 @@ fn mismatch_row(e: &MtuMismatchEvent) -> String {
     )
 }
 
-/// Capture's sink: filters, renders and counts events against `--count`.
-struct RenderSink<W: Write> {
-    renderer: Renderer<W>,
+/// Capture's sink: filters, renders (and writes dropped packets to the pcapng file), and
+/// counts events against `--count`.
+struct RenderSink {
+    renderer: Renderer<Out>,
+    pcap: Option<PcapWriter<Out>>,
     filter: EventFilter,
     count: Option<u64>,
     printed: u64,
 }
 
-impl<W: Write> EventSink for RenderSink<W> {
+impl RenderSink {
+    fn output(&mut self, event: &Event) -> std::io::Result<()> {
+        self.renderer.event(event)?;
+        if let (Some(pcap), Event::PacketDrop(d)) = (self.pcap.as_mut(), event) {
+            pcap.write(d)?;
+        }
+        Ok(())
+    }
+}
+
+impl EventSink for RenderSink {
     fn handle(&mut self, event: Event) -> Result<ControlFlow<()>, SinkError> {
         if !self.filter.matches(&event) {
             return Ok(ControlFlow::Continue(()));
         }
-        match self.renderer.event(&event) {
+        match self.output(&event) {
             Ok(()) => self.printed += 1,
             // The reader went away (`fathom capture | head`): a normal end, not an error.
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -478,8 +510,31 @@ impl<W: Write> EventSink for RenderSink<W> {
     }
 }
 
+type Out = Box<dyn Write>;
+
+/// Where events and packets go: with `--pcap -` the packets take stdout and the events
+/// move to stderr.
+fn outputs(pcap: Option<&std::path::Path>) -> anyhow::Result<(Out, Option<PcapWriter<Out>>)> {
+    use anyhow::Context;
+    let Some(path) = pcap else {
+        return Ok((Box::new(std::io::stdout().lock()), None));
+    };
+    if path.as_os_str() == "-" {
+        let w = PcapWriter::new(Box::new(std::io::stdout().lock()) as Out)
+            .context("writing pcapng to stdout")?;
+        return Ok((Box::new(std::io::stderr()), Some(w)));
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let w = PcapWriter::new(Box::new(std::io::BufWriter::new(file)) as Out)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((Box::new(std::io::stdout().lock()), Some(w)))
+}
+
 /// Runs the capture until the duration, the count, Ctrl-C or SIGTERM ends it.
 pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
+    // The output file first: a path that cannot be written fails before the programs load.
+    let (out, pcap) = outputs(opts.pcap.as_deref())?;
     // Handlers first: a SIGTERM that arrives while loading must still end us cleanly.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -492,18 +547,28 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
         attribution: opts.attribution.clone(),
         ..PipelineConfig::default()
     })?;
+    // The first topology scan names the devices of the namespaces that exist already; wait
+    // for it (bounded) so that the first events carry them.
+    if let Some(t) = pipeline.topology()
+        && tokio::time::timeout(Duration::from_secs(5), t.ready())
+            .await
+            .is_err()
+    {
+        warn!("network topology not scanned within 5 s; device names may be missing at first");
+    }
     eprintln!(
         "{READY_MARKER}: attached {}",
         pipeline.kernel().attached().join(", ")
     );
 
-    let stdout = std::io::stdout();
     let mut sink = RenderSink {
-        renderer: Renderer::new(stdout.lock(), opts.output),
+        renderer: Renderer::new(out, opts.output),
+        pcap,
         filter: EventFilter {
             kinds: opts.kinds.clone(),
             reasons: opts.reasons.clone(),
             workload: opts.workload.clone(),
+            netns: opts.netns,
         },
         count: opts.count,
         printed: 0,
@@ -552,6 +617,14 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
         {
             return Err(e.into());
         }
+    }
+    if let (Some(w), Some(path)) = (&sink.pcap, &opts.pcap) {
+        let to = if path.as_os_str() == "-" {
+            "stdout".to_string()
+        } else {
+            path.display().to_string()
+        };
+        eprintln!("fathom: {} packets written to {to}", w.written());
     }
     eprintln!("fathom: {} events, {lost} lost", sink.printed);
     Ok(())

@@ -23,6 +23,7 @@ pub mod netreport;
 pub mod offsets;
 pub mod oom;
 pub mod packet;
+pub mod pcap;
 pub mod pipeline;
 pub mod privileges;
 pub mod serve;

@@ -220,10 +220,11 @@ fn vxlan_xmit_address(k: &crate::kallsyms::Kallsyms) -> u64 {
 fn unsupported_reason(btf: &Btf, spec: &ProgramSpec) -> Option<String> {
     match spec.name {
         // Before the tracepoint carried the victim's task_struct (it gained total_vm, RSS, … at the
-        // same time) it passed only a pid, which a tp_btf program cannot turn into a task.
+        // same time: "mm: update mark_victim tracepoints fields", Linux 6.9, backported to some
+        // stable series) it passed only a pid, which this tp_btf program cannot turn into a task.
         "oom_mark_victim" if btf.member("trace_event_raw_mark_victim", &["total_vm"]).is_none() => {
             Some(
-                "oom:mark_victim passes only a pid on this kernel (needs Linux >= 6.2); OOM kills are not reported"
+                "oom:mark_victim passes only a pid on this kernel (needs Linux >= 6.9 or a stable kernel with that tracepoint update); OOM kills are not reported"
                     .to_string(),
             )
         }

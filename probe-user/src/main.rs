@@ -65,6 +65,16 @@ enum Command {
         /// Only events of this container (name, or id prefix of at least 4 characters).
         #[arg(long)]
         container: Option<String>,
+        /// Only network events of this network namespace: its inode (as in the events'
+        /// "netns") or a path to it (/run/netns/NAME, /proc/PID/ns/net). OOM kills have no
+        /// namespace and are left out.
+        #[arg(long, value_parser = parse_netns)]
+        netns: Option<u32>,
+        /// Also write the dropped packets (those shown) to this pcapng file, for Wireshark or
+        /// tcpdump; each packet's comment names reason, place and pod. `-` writes it to
+        /// stdout and moves the events to stderr: `fathom capture --pcap - | wireshark -k -i -`.
+        #[arg(long, short = 'w', value_name = "FILE")]
+        pcap: Option<std::path::PathBuf>,
         /// When the capture ends, print the in-kernel totals gathered meanwhile (drops by
         /// reason, reassembly failures by cause, fragments and VXLAN traffic per device).
         #[arg(long)]
@@ -112,6 +122,19 @@ enum Command {
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
     },
+}
+
+/// `--netns`: an inode number, or a path whose inode it is (a bind mount in /run/netns or a
+/// process's /proc/PID/ns/net).
+fn parse_netns(arg: &str) -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = match arg.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => std::fs::metadata(arg)
+            .map_err(|e| format!("{arg}: {e}"))?
+            .ino(),
+    };
+    u32::try_from(ino).map_err(|_| format!("{ino} is no network namespace inode"))
 }
 
 /// Runtime sockets for attribution; an empty path disables that runtime.
@@ -188,11 +211,15 @@ fn main() -> ExitCode {
             namespace,
             pod,
             container,
+            netns,
+            pcap,
             summary,
             drop_events_per_sec,
             drop_events_burst,
             btf,
         } => rt.block_on(capture::run(capture::CaptureOptions {
+            netns,
+            pcap,
             output,
             duration,
             count,

@@ -74,6 +74,12 @@ pub struct PacketDrop {
     /// Container / pod owning the namespace (or the socket), when known.
     #[serde(flatten)]
     pub workload: Workload,
+    /// When the kernel dropped it (`time` as a number, for pcapng).
+    #[serde(skip)]
+    pub timestamp: jiff::Timestamp,
+    /// The packet's first bytes from the network header on (for pcapng).
+    #[serde(skip)]
+    pub raw: bytes::Bytes,
 }
 
 /// A VXLAN device whose MTU is too large for its underlay (`"kind": "mtu_mismatch"`). Sent
@@ -175,8 +181,11 @@ impl NetInterpreter {
             .and_then(|t| t.vxlan(d.key.netns, d.key.ifindex))
             .map(|_| true);
         let cause = class.reassembly.map(|(c, _)| c);
+        let timestamp = self.clock.to_timestamp(d.boot_ns);
         PacketDrop {
-            time: self.clock.to_timestamp(d.boot_ns).to_string(),
+            time: timestamp.to_string(),
+            timestamp,
+            raw: bytes::Bytes::copy_from_slice(&d.data),
             kind: if cause.is_some() {
                 "reassembly_failure"
             } else {

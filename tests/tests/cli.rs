@@ -16,6 +16,36 @@ fn unknown_flag_is_a_usage_error() {
 }
 
 #[test]
+fn unusable_netns_or_pcap_path_is_one_line_before_anything_loads() {
+    let out = Command::new(fathom_bin())
+        .args(["capture", "--netns", "/nonexistent/ns/net"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ns/net"), "{err}");
+
+    require_root!();
+    let out = Command::new(fathom_bin())
+        .args([
+            "capture",
+            "--pcap",
+            "/nonexistent-dir/x.pcapng",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot create /nonexistent-dir/x.pcapng") && !err.contains("ready"),
+        "{err}"
+    );
+}
+
+#[test]
 fn without_privileges_it_says_what_is_missing_and_exits_2() {
     require_root!();
     // Drop to nobody: no capabilities at all.

@@ -32,8 +32,12 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "kmod",
+    // An independent reader of the pcapng files `fathom capture --pcap` writes.
+    "tcpdump",
     // containerd-client generates its gRPC code from .proto files at build time.
     "protobuf-compiler",
+    // tests/tests/deploy_image.rs reads deploy/kubernetes/fathom.yaml.
+    "python3-yaml",
 ];
 
 /// Daemons that package installs may start; tests start their own private instances.
