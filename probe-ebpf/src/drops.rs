@@ -23,7 +23,7 @@ use probe_common::{
 };
 
 use crate::{
-    kread::{read, read_ptr},
+    kread::{field, field_ptr},
     maps::{
         DROP_RATE, DROPS, EVENTS, count_lost, count_suppressed, net_context, net_stat,
         set_net_context,
@@ -46,10 +46,10 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let c = net_config();
     net_stat(NET_STAT_DROPS_SEEN);
 
-    let dev = unsafe { read_ptr(skb, o.skb_dev) }.unwrap_or(core::ptr::null());
+    let dev = unsafe { field_ptr(skb, o.skb_dev) };
     // The socket is only needed when the device does not name the namespace, and for
-    // samples: read it lazily (every probe read counts at millions of drops per second).
-    let read_sk = || unsafe { read_ptr(skb, o.skb_sk) }.unwrap_or(core::ptr::null());
+    // samples: read it lazily.
+    let read_sk = || unsafe { field_ptr(skb, o.skb_sk) };
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let (netns, ifindex) = match unsafe { dev_netns(&o, &c, dev) } {
         Some(v) => v,
@@ -68,8 +68,8 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if netns != 0 && c.frag_reasons.contains(&reason) {
         set_net_context(netns, ifindex, now);
     }
-    let l3_proto = u16::from_be(unsafe { read::<u16>(skb, o.skb_protocol) }.unwrap_or(0));
-    let len = unsafe { read::<u32>(skb, o.skb_len) }.unwrap_or(0);
+    let l3_proto = u16::from_be(unsafe { field::<u16>(skb, o.skb_protocol) });
+    let len = unsafe { field::<u32>(skb, o.skb_len) };
     let nh = unsafe { network_header(&o, skb) };
     let l4_proto = match nh {
         Some(nh) => unsafe { ip_fragment_info(l3_proto, nh) }.map_or(0, |(_, _, p)| p),
@@ -127,7 +127,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
         };
         if ok == 0 {
             // skb->len counts from skb->data, which may already be past the network header.
-            let data = unsafe { read::<u64>(skb, o.skb_data) }.unwrap_or(0);
+            let data = unsafe { field::<u64>(skb, o.skb_data) };
             let pulled = data.saturating_sub(nh as u64).min(0xffff);
             ev.snap_len = (len as u64 + pulled).min(DROP_SNAP_LEN as u64) as u32;
         }

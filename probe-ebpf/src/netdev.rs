@@ -21,7 +21,7 @@ use probe_common::{
 };
 
 use crate::{
-    kread::{read, read_ptr},
+    kread::{field, field_ptr, read},
     maps::{IF_COUNTS, VXLAN_DEVS, net_stat, set_net_context},
     net_config, net_offsets,
     netns::{dev_netns, ip_fragment_info, network_header},
@@ -41,15 +41,16 @@ pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> u32 {
 pub fn netif_receive_skb(ctx: BtfTracePointContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
     let o = net_offsets();
-    let dev = unsafe { read_ptr(skb, o.skb_dev) }.unwrap_or(core::ptr::null());
-    let nh = unsafe { read_ptr(skb, o.skb_data) }.ok();
+    let dev = unsafe { field_ptr(skb, o.skb_dev) };
+    let data = unsafe { field_ptr(skb, o.skb_data) };
+    let nh = (!data.is_null()).then_some(data);
     unsafe { count(&o, skb, dev, nh, DIRECTION_RX) };
     0
 }
 
 #[inline(always)]
 unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*const u8>, dir: u32) {
-    let l3 = u16::from_be(unsafe { read::<u16>(skb, o.skb_protocol) }.unwrap_or(0));
+    let l3 = u16::from_be(unsafe { field::<u16>(skb, o.skb_protocol) });
     let frag = match nh {
         Some(nh) => unsafe { ip_fragment_info(l3, nh) },
         None => None,
@@ -74,7 +75,7 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
     if !is_frag && vxlan.is_none() {
         return;
     }
-    let len = unsafe { read::<u32>(skb, o.skb_len) }.unwrap_or(0) as u64;
+    let len = unsafe { field::<u32>(skb, o.skb_len) } as u64;
     let mut add = IfCounters::default();
     if let Some((true, first, _)) = frag {
         add.frag_packets = 1;
@@ -123,13 +124,12 @@ unsafe fn surely_not_vxlan(o: &NetOffsets, c: &NetConfig, dev: *const u8) -> boo
     {
         return false;
     }
-    let Ok(ops) = (unsafe { read_ptr(dev, o.dev_netdev_ops) }) else {
+    let ops = unsafe { field_ptr(dev, o.dev_netdev_ops) };
+    if ops.is_null() {
         return false;
-    };
-    match unsafe { read::<u64>(ops, o.ops_ndo_start_xmit) } {
-        Ok(xmit) => xmit != c.vxlan_xmit_addr,
-        Err(_) => false,
     }
+    let xmit = unsafe { field::<u64>(ops, o.ops_ndo_start_xmit) };
+    xmit != 0 && xmit != c.vxlan_xmit_addr
 }
 
 /// Frames of this transmit whose outer packet exceeds the underlay MTU. The outer IP packet is
@@ -145,8 +145,8 @@ unsafe fn oversize_frames(
     underlay_mtu: u32,
     overhead: u32,
 ) -> u64 {
-    let head = unsafe { read_ptr(skb, o.skb_head) }.unwrap_or(core::ptr::null());
-    let end = unsafe { read::<u32>(skb, o.skb_end) }.unwrap_or(0);
+    let head = unsafe { field_ptr(skb, o.skb_head) };
+    let end = unsafe { field::<u32>(skb, o.skb_end) };
     let shinfo = head.wrapping_add(end as usize);
     let gso_size = if head.is_null() {
         0
@@ -157,7 +157,7 @@ unsafe fn oversize_frames(
         return (len + overhead as u64 - 14 > underlay_mtu as u64) as u64;
     }
     let segs = unsafe { read::<u16>(shinfo, o.shinfo_gso_segs) }.unwrap_or(1) as u64;
-    let mtu = unsafe { read::<u32>(dev, o.dev_mtu) }.unwrap_or(0) as u64;
+    let mtu = unsafe { field::<u32>(dev, o.dev_mtu) } as u64;
     if mtu + overhead as u64 > underlay_mtu as u64 {
         segs
     } else {

@@ -1,14 +1,15 @@
 //! Network namespace and device of an skb, read defensively.
 //!
 //! `skb->dev` is not always a device pointer when an skb is freed: UDP reuses the field as
-//! `dev_scratch`, and queued IP fragments share it with their rb-tree node. Every pointer is
-//! therefore probe-read, and a `struct net` is only trusted when it looks like one: its
+//! `dev_scratch`, and queued IP fragments share it with their rb-tree node. Every load is
+//! therefore fault-safe (BTF-checked loads the JIT guards, see [`crate::kread::field`], or
+//! probe reads for raw bytes), and a `struct net` is only trusted when it looks like one: its
 //! `ns.inum` is a proc inode (≥ PROC_DYNAMIC_FIRST = 0xF0000000) and, where the kernel has
 //! `ns_common.ns_type` (6.18+), that is CLONE_NEWNET.
 
 use probe_common::{KernelOffsets, NetConfig, NetOffsets};
 
-use crate::kread::{read, read_ptr};
+use crate::kread::{field, field_ptr, read, read_ptr};
 
 /// Inode of the namespace `net` points to, if it really is a `struct net`.
 #[inline(always)]
@@ -19,12 +20,12 @@ pub unsafe fn net_inum(o: &NetOffsets, _c: &NetConfig, net: *const u8) -> Option
         return None;
     }
     if o.net_ns_type != KernelOffsets::ABSENT {
-        let t = unsafe { read::<u32>(net, o.net_ns_type) }.ok()?;
+        let t = unsafe { field::<u32>(net, o.net_ns_type) };
         if t != CLONE_NEWNET {
             return None;
         }
     }
-    let inum = unsafe { read::<u32>(net, o.net_ns_inum) }.ok()?;
+    let inum = unsafe { field::<u32>(net, o.net_ns_inum) };
     (inum >= PROC_DYNAMIC_FIRST).then_some(inum)
 }
 
@@ -34,9 +35,9 @@ pub unsafe fn dev_netns(o: &NetOffsets, c: &NetConfig, dev: *const u8) -> Option
     if dev.is_null() {
         return None;
     }
-    let net = unsafe { read_ptr(dev, o.dev_nd_net) }.ok()?;
+    let net = unsafe { field_ptr(dev, o.dev_nd_net) };
     let inum = unsafe { net_inum(o, c, net) }?;
-    let ifindex = unsafe { read::<i32>(dev, o.dev_ifindex) }.ok()?;
+    let ifindex = unsafe { field::<i32>(dev, o.dev_ifindex) };
     (ifindex > 0).then_some((inum, ifindex as u32))
 }
 
@@ -46,7 +47,7 @@ pub unsafe fn sk_netns(o: &NetOffsets, c: &NetConfig, sk: *const u8) -> Option<u
     if sk.is_null() {
         return None;
     }
-    let net = unsafe { read_ptr(sk, o.sk_net) }.ok()?;
+    let net = unsafe { field_ptr(sk, o.sk_net) };
     unsafe { net_inum(o, c, net) }
 }
 
@@ -68,8 +69,8 @@ pub unsafe fn sk_cgroup_id(o: &NetOffsets, sk: *const u8) -> u64 {
 /// Where an skb's network header starts, if set (`skb->head + skb->network_header`).
 #[inline(always)]
 pub unsafe fn network_header(o: &NetOffsets, skb: *const u8) -> Option<*const u8> {
-    let head = unsafe { read_ptr(skb, o.skb_head) }.ok()?;
-    let nh = unsafe { read::<u16>(skb, o.skb_network_header) }.ok()?;
+    let head = unsafe { field_ptr(skb, o.skb_head) };
+    let nh = unsafe { field::<u16>(skb, o.skb_network_header) };
     // (u16)~0U marks "not set".
     if head.is_null() || nh == u16::MAX {
         return None;
