@@ -58,6 +58,19 @@ enum Task {
     /// Benchmarks: kernel cost vs bpftrace, flood accounting, footprint, scrape latency,
     /// startup (results in target/bench/results.json).
     Bench,
+    /// Build fathom in release mode and write a container image of it: a docker-archive
+    /// tarball for `docker load` / `ctr image import` (no registry, no docker needed).
+    ///
+    /// The image holds /fathom and the shared libraries `ldd` reports for it; entrypoint
+    /// `/fathom`, command `serve`, runs as root (fathom needs CAP_BPF and friends).
+    Image {
+        /// Image reference written into the archive (`:latest` when it has no tag).
+        #[arg(long, default_value_t = xtask::image::default_tag(env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// The tarball to write [default: <target>/image/fathom-<version>.tar].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,7 +138,42 @@ fn run(task: Task) -> Result<u8> {
         }
         Task::Lint => lint(&root),
         Task::Bench => bench::run(&root),
+        Task::Image { tag, out } => image(&root, &tag, out),
     }
+}
+
+/// `cargo xtask image`: release build, then the image tarball of target/release/fathom.
+fn image(root: &Path, tag: &str, out: Option<PathBuf>) -> Result<u8> {
+    use xtask::image;
+    // Checked before the build, so a typo fails fast.
+    let tag = image::normalize_tag(tag)?;
+    let code = build(root, true)?;
+    if code != 0 {
+        return Ok(code);
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let out = out.unwrap_or_else(|| target_dir(root).join(format!("image/fathom-{version}.tar")));
+    let (labels, created) = image::checkout_metadata(root, version);
+    let spec = image::ImageSpec {
+        binary: target_dir(root).join("release/fathom"),
+        tag,
+        labels,
+        created,
+    };
+    let img = image::write(&spec, &out)?;
+    println!(
+        "image: {} ({:.1} MiB, id {})",
+        img.path.display(),
+        img.size as f64 / f64::from(1 << 20),
+        img.id
+    );
+    println!("image: tag {}", img.tag);
+    println!("image: files /{}", img.files.join(", /"));
+    println!(
+        "image: load it with `docker load -i {0}` or `ctr -n k8s.io image import {0}`",
+        img.path.display()
+    );
+    Ok(0)
 }
 
 fn workspace_root() -> PathBuf {
@@ -210,6 +258,27 @@ mod tests {
         assert_eq!(
             test_args(&["xtask", "test", "--", "--", "--test-threads=1"]),
             ["--", "--test-threads=1"]
+        );
+    }
+
+    #[test]
+    fn image_defaults_to_the_crate_version() {
+        let Task::Image { tag, out } = Cli::try_parse_from(["xtask", "image"]).unwrap().command
+        else {
+            panic!("not an image command")
+        };
+        assert_eq!(tag, format!("fathom:{}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(out, None);
+        let Task::Image { tag, out } =
+            Cli::try_parse_from(["xtask", "image", "--tag", "r.example/f:1", "--out", "x.tar"])
+                .unwrap()
+                .command
+        else {
+            panic!("not an image command")
+        };
+        assert_eq!(
+            (tag.as_str(), out),
+            ("r.example/f:1", Some(PathBuf::from("x.tar")))
         );
     }
 
