@@ -125,6 +125,16 @@ impl Dockerd {
     }
 
     pub fn try_run(&self, spec: DockerRun) -> Result<DockerContainer<'_>> {
+        self.try_run_with_options(spec, &[])
+    }
+
+    /// `docker run --detach` of `spec` with more `docker run` options (`--cap-add …`,
+    /// `--mount …`), placed after the ones `spec` makes and before the image.
+    pub fn try_run_with_options(
+        &self,
+        spec: DockerRun,
+        options: &[String],
+    ) -> Result<DockerContainer<'_>> {
         let parent = spec.cgroup_parent.clone();
         assert!(
             parent.starts_with('/'),
@@ -153,6 +163,7 @@ impl Dockerd {
         for (k, v) in &spec.labels {
             cmd.arg("--label").arg(format!("{k}={v}"));
         }
+        cmd.args(options);
         cmd.arg(&spec.image).args(&spec.args);
         let out = run_checked(&mut cmd)?;
         c.id = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -257,6 +268,26 @@ impl DockerContainer<'_> {
 
     pub fn oom_kill_count(&self) -> u64 {
         memcg_oom_kills(&self.memory_path())
+    }
+
+    /// The daemon the container runs in.
+    pub fn daemon(&self) -> &Dockerd {
+        self.daemon
+    }
+
+    /// `docker logs` (stdout, then stderr).
+    pub fn logs(&self) -> String {
+        let o = self
+            .daemon
+            .docker()
+            .args(["logs", &self.id])
+            .output()
+            .expect("docker logs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
     }
 
     /// `docker inspect --format <fmt>`.
