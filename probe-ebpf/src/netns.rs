@@ -4,7 +4,8 @@
 //! `dev_scratch`, and queued IP fragments share it with their rb-tree node. Every load is
 //! therefore fault-safe (BTF-checked loads the JIT guards, see [`crate::kread::field`], or
 //! probe reads for raw bytes), and a `struct net` is only trusted when it looks like one: its
-//! `ns.inum` is a proc inode (≥ PROC_DYNAMIC_FIRST = 0xF0000000) and, where the kernel has
+//! `ns.inum` is a proc inode (≥ PROC_DYNAMIC_FIRST = 0xF0000000, or the initial namespace's
+//! fixed NET_NS_INIT_INO = 0xEFFFFFF9 since 6.17) and, where the kernel has
 //! `ns_common.ns_type` (6.18+), that is CLONE_NEWNET.
 
 use probe_common::{KernelOffsets, NetConfig, NetOffsets};
@@ -15,6 +16,11 @@ use crate::kread::{field, field_ptr, read, read_ptr};
 #[inline(always)]
 pub unsafe fn net_inum(o: &NetOffsets, _c: &NetConfig, net: *const u8) -> Option<u32> {
     const PROC_DYNAMIC_FIRST: u32 = 0xF000_0000;
+    // Since Linux 6.17 the initial namespaces have fixed inode numbers just below the dynamic
+    // range (include/uapi/linux/nsfs.h; seen under qemu: init_net is 4026531840 on 6.16,
+    // 4026531833 on 6.17 and later). Without it every packet of the host's own namespace
+    // would lose its namespace and device.
+    const NET_NS_INIT_INO: u32 = 0xEFFF_FFF9;
     const CLONE_NEWNET: u32 = 0x4000_0000;
     if net.is_null() {
         return None;
@@ -26,7 +32,7 @@ pub unsafe fn net_inum(o: &NetOffsets, _c: &NetConfig, net: *const u8) -> Option
         }
     }
     let inum = unsafe { field::<u32>(net, o.net_ns_inum) };
-    (inum >= PROC_DYNAMIC_FIRST).then_some(inum)
+    (inum >= PROC_DYNAMIC_FIRST || inum == NET_NS_INIT_INO).then_some(inum)
 }
 
 /// (netns inode, ifindex) of a net_device pointer.
