@@ -228,6 +228,14 @@ fn unsupported_reason(btf: &Btf, spec: &ProgramSpec) -> Option<String> {
                     .to_string(),
             )
         }
+        // The drop reason became the tracepoint's third argument in Linux 5.17 ("net: skb:
+        // introduce kfree_skb_reason()", which added `reason` to the tracepoint's record at the
+        // same time). Before, the verifier refuses the program's read of it ("func 'kfree_skb'
+        // doesn't have 3-th argument"), e.g. on 5.10 and 5.15.
+        "skb_kfree_skb" if btf.member("trace_event_raw_kfree_skb", &["reason"]).is_none() => Some(
+            "skb:kfree_skb passes no drop reason on this kernel (needs Linux >= 5.17); packet drops and reassembly failures are not reported"
+                .to_string(),
+        ),
         _ => None,
     }
 }
@@ -256,4 +264,50 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btf::enc::Enc;
+
+    fn spec(name: &str) -> &'static ProgramSpec {
+        PROGRAMS.iter().find(|p| p.name == name).unwrap()
+    }
+
+    /// The tracepoints' records as BTF has them, before and after the kernel versions that
+    /// changed what they pass.
+    fn btf(new: bool) -> Btf {
+        let mut e = Enc::new();
+        let ptr = e.int("long", 8);
+        let short = e.int("short", 2);
+        let mut kfree = vec![
+            ("skbaddr", ptr, 64),
+            ("location", ptr, 128),
+            ("protocol", short, 192),
+        ];
+        let mut victim = vec![("pid", short, 64)];
+        if new {
+            kfree.push(("reason", short, 224));
+            victim.push(("total_vm", ptr, 128));
+        }
+        e.strukt("trace_event_raw_kfree_skb", 40, &kfree);
+        e.strukt("trace_event_raw_mark_victim", 64, &victim);
+        Btf::from_bytes(&e.build()).unwrap()
+    }
+
+    #[test]
+    fn refuses_programs_whose_tracepoint_lacks_what_they_read() {
+        let old = btf(false);
+        let why = unsupported_reason(&old, spec("skb_kfree_skb")).unwrap();
+        assert!(why.contains("needs Linux >= 5.17"), "{why}");
+        let why = unsupported_reason(&old, spec("oom_mark_victim")).unwrap();
+        assert!(why.contains("needs Linux >= 6.9"), "{why}");
+        assert_eq!(unsupported_reason(&old, spec("net_dev_start_xmit")), None);
+
+        let new = btf(true);
+        for p in PROGRAMS {
+            assert_eq!(unsupported_reason(&new, p), None, "{}", p.name);
+        }
+    }
 }
