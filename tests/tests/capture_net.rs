@@ -134,3 +134,45 @@ fn the_summary_counts_exactly_what_the_kernel_dropped() {
     assert_eq!(no_ports, 77);
     assert_eq!(dropped, 77);
 }
+
+#[test]
+fn a_drop_in_the_hosts_own_namespace_names_it_and_its_device() {
+    // Since Linux 6.17 the initial namespace has a fixed inode below the dynamic range; its
+    // drops must still carry it (and the device), not netns 0.
+    require_root!();
+    let host = fathom_tests::inode_of(std::path::Path::new("/proc/self/ns/net")).unwrap();
+    let mut fathom = FathomCapture::start(&[
+        "--kind",
+        "drop",
+        "--reason",
+        "NO_SOCKET",
+        "--netns",
+        &host.to_string(),
+    ]);
+    fathom.wait_ready(READY);
+    // A port nobody listens on: bind it, let it go, send to it (host loopback only).
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut found = None;
+    for _ in 0..10 {
+        let _ = sender.send_to(b"fathom", ("127.0.0.1", port));
+        found = fathom.next_event(Duration::from_millis(500), |v| {
+            v["packet"]["dst_port"] == port
+        });
+        if found.is_some() {
+            break;
+        }
+    }
+    let ev = found.unwrap_or_else(|| {
+        panic!(
+            "no drop to port {port} in the host namespace {host}; seen {:?}",
+            fathom.history()
+        )
+    });
+    assert_eq!(ev["netns"], host);
+    assert_eq!(ev["device"], "lo");
+    assert_eq!(ev["ifindex"], 1);
+}
