@@ -230,7 +230,14 @@ fn libllvm_file(libdir: &Path) -> Result<String> {
 
 /// Step 3: Debian packages.
 fn apt_packages() -> Result<bool> {
-    let missing = missing_packages()?;
+    install_packages(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing (no service starts meanwhile; daemons the
+/// install started anyway are stopped). Returns whether it had to. Also used by commands
+/// that need a package only for themselves (`cargo xtask vm`: qemu).
+pub fn install_packages(packages: &[&str]) -> Result<bool> {
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
         return Ok(false);
     }
@@ -253,7 +260,7 @@ fn apt_packages() -> Result<bool> {
             "stopped {name} (pid {pid}) that the package install started"
         ));
     }
-    let still = missing_packages()?;
+    let still = missing_packages(packages)?;
     if !still.is_empty() {
         bail!("apt-get did not install {}", still.join(" "));
     }
@@ -264,11 +271,11 @@ fn apt_packages() -> Result<bool> {
     Ok(true)
 }
 
-fn missing_packages() -> Result<Vec<&'static str>> {
+fn missing_packages<'a>(packages: &[&'a str]) -> Result<Vec<&'a str>> {
     // dpkg-query exits 1 when it knows nothing of a package: read stdout whatever the status.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .output()
         .context("cannot run dpkg-query (setup supports Debian-based systems only)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -281,7 +288,7 @@ fn missing_packages() -> Result<Vec<&'static str>> {
             (words.next_back()? == "installed").then_some(name)
         })
         .collect();
-    Ok(APT_PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|p| !installed.contains(p))
