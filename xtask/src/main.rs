@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod setup;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -58,6 +59,9 @@ enum Task {
     /// Benchmarks: kernel cost vs bpftrace, flood accounting, footprint, scrape latency,
     /// startup (results in target/bench/results.json).
     Bench,
+    /// Boot other Linux kernels (Debian's) under qemu and smoke-test fathom on each: programs
+    /// attached, an OOM kill and NO_SOCKET drops as events (results in target/vm/results.json).
+    Vm(vm::Args),
     /// Build fathom in release mode and write a container image of it: a docker-archive
     /// tarball for `docker load` / `ctr image import` (no registry, no docker needed).
     ///
@@ -106,6 +110,7 @@ fn run(task: Task) -> Result<u8> {
             bail!("cannot run {}: {err}", bin.display())
         }
         Task::Test { args } => {
+            let full_suite = args.is_empty();
             let code = build(&root, false)?;
             if code != 0 {
                 return Ok(code);
@@ -127,19 +132,59 @@ fn run(task: Task) -> Result<u8> {
                 .args(args)
                 .env("FATHOM_BIN", target_dir(&root).join("debug/fathom"))
                 .current_dir(&root);
-            let (st, totals) = run_counting_tests(&mut test)?;
+            let (st, mut totals) = run_counting_tests(&mut test)?;
+            let mut code = cmd::exit_code(st);
+            // The whole suite also boots other kernels under qemu (one test per kernel).
+            if full_suite {
+                let (passed, failed) = vm_smoke(&root);
+                totals.passed += passed;
+                totals.failed += failed;
+                if failed > 0 && code == 0 {
+                    code = 1;
+                }
+            }
             // One closing line for the whole suite (cargo prints one per test binary, the
             // last often a doc-test run of 0).
             println!(
                 "tests: {} passed, {} failed, {} skipped",
                 totals.passed, totals.failed, totals.ignored
             );
-            Ok(cmd::exit_code(st))
+            Ok(code)
         }
         Task::Lint => lint(&root),
         Task::Bench => bench::run(&root),
+        Task::Vm(args) => vm::run(&root, &args),
         Task::Image { tag, out } => image(&root, &tag, out),
     }
+}
+
+/// `cargo xtask vm` with its default kernels, as part of `cargo xtask test`: (kernels that
+/// passed, kernels that failed); a run that could not even start counts as one failure.
+fn vm_smoke(root: &Path) -> (u64, u64) {
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        vm: vm::Args,
+    }
+    let args = Defaults::parse_from(["vm"]).vm;
+    println!(
+        "xtask: fathom on other kernels under qemu: {}",
+        args.kernel.join(", ")
+    );
+    if let Err(e) = vm::run(root, &args) {
+        eprintln!("xtask: cargo xtask vm failed: {e:#}");
+        return (0, 1);
+    }
+    let results = target_dir(root).join("vm/results.json");
+    let parsed = std::fs::read(&results)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let Some(kernels) = parsed.as_ref().and_then(|v| v["kernels"].as_array()) else {
+        eprintln!("xtask: no kernel results in {}", results.display());
+        return (0, 1);
+    };
+    let passed = kernels.iter().filter(|k| k["ok"] == true).count() as u64;
+    (passed, kernels.len() as u64 - passed)
 }
 
 /// `cargo xtask image`: release build, then the image tarball of target/release/fathom.
