@@ -75,6 +75,8 @@ pub struct KernelOffsets {
     // struct mem_cgroup (`memory` is a struct page_counter)
     pub memcg_memory_usage: u32,
     pub memcg_memory_max: u32,
+    /// `mem_cgroup.oom_group` (a bool: `memory.oom.group`), ABSENT when unknown.
+    pub memcg_oom_group: u32,
     // struct signal_struct
     pub signal_oom_score_adj: u32,
     // struct mm_struct
@@ -112,6 +114,7 @@ impl KernelOffsets {
             kn_parent: 0,
             memcg_memory_usage: 0,
             memcg_memory_max: 0,
+            memcg_oom_group: 0,
             signal_oom_score_adj: 0,
             mm_total_vm: 0,
             mm_rss_base: 0,

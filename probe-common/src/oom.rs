@@ -40,6 +40,9 @@ pub struct MemcgLevel {
     pub max_pages: u64,
     /// `memcg->memory.usage` in pages.
     pub usage_pages: u64,
+    /// `memcg->oom_group` (`memory.oom.group`): an OOM kill below it kills the whole group.
+    pub oom_group: u32,
+    pub _pad: u32,
     pub name: [u8; CGROUP_NAME_LEN],
 }
 

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    CGROUP_MAX_DEPTH, CGROUP_NAME_LEN, EventKind, OOM_FLAG_CGROUP_TRUNCATED,
+    CGROUP_MAX_DEPTH, CGROUP_NAME_LEN, EventKind, KernelOffsets, OOM_FLAG_CGROUP_TRUNCATED,
     OOM_FLAG_MEMCG_TRUNCATED, OOM_FLAG_MEMCG_VALID, OOM_FLAG_NO_MM, OomKillEvent,
 };
 
@@ -148,6 +148,20 @@ unsafe fn fill(ev: *mut OomKillEvent, task: *const u8) {
             unsafe { read_str(name, level.name.as_mut_ptr(), CGROUP_NAME_LEN) };
             level.max_pages = unsafe { read::<u64>(css, o.memcg_memory_max) }.unwrap_or(0);
             level.usage_pages = unsafe { read::<u64>(css, o.memcg_memory_usage) }.unwrap_or(0);
+            // Read straight into a zeroed byte (the helper zeroes it again on failure): the
+            // `Result` of `read::<u8>` made LLVM mask a pointer register, which the verifier
+            // refuses.
+            let mut group: u8 = 0;
+            if o.memcg_oom_group != KernelOffsets::ABSENT {
+                unsafe {
+                    aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                        (&mut group as *mut u8).cast(),
+                        1,
+                        css.wrapping_add(o.memcg_oom_group as usize).cast(),
+                    )
+                };
+            }
+            level.oom_group = group as u32;
             ev.memcg_depth = i as u32 + 1;
             css = unsafe { read_ptr(css, o.css_parent) }.unwrap_or(core::ptr::null());
         }

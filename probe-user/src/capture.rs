@@ -378,8 +378,13 @@ fn oom_row(e: &OomKill) -> String {
             )
         })
         .unwrap_or_default();
+    let group = e
+        .oom_group
+        .as_ref()
+        .map(|g| format!(" group={}", g.path))
+        .unwrap_or_default();
     format!(
-        "{:<12} {:<18} {:<40} pid={} comm={} {}domain={}:{} rss={} adj={} trigger={}({})",
+        "{:<12} {:<18} {:<40} pid={} comm={} {}domain={}:{}{group} rss={} adj={} trigger={}({})",
         time_col(&e.time),
         e.kind,
         place,

@@ -33,6 +33,8 @@ pub struct MemcgLevel {
     pub name: String,
     pub max_pages: u64,
     pub usage_pages: u64,
+    /// `memory.oom.group` was set on it at kill time.
+    pub oom_group: bool,
 }
 
 /// An OOM kill as recorded by the kernel, decoded but not yet interpreted.
@@ -143,6 +145,7 @@ fn decode_oom(ev: &OomKillEvent) -> RawOomKill {
                 name: c_str(&l.name),
                 max_pages: l.max_pages,
                 usage_pages: l.usage_pages,
+                oom_group: l.oom_group != 0,
             })
             .collect()
     } else {
@@ -201,6 +204,8 @@ pub(crate) mod tests {
             id: 0,
             max_pages: 0,
             usage_pages: 0,
+            oom_group: 0,
+            _pad: 0,
             name: [0xAA; CGROUP_NAME_LEN],
         };
         let mut ev = OomKillEvent {
@@ -240,18 +245,24 @@ pub(crate) mod tests {
             id: 17,
             max_pages: 16384,
             usage_pages: 16380,
+            oom_group: 1,
+            _pad: 0,
             name: name("b"),
         };
         ev.memcg_chain[1] = KMemcg {
             id: 16,
             max_pages: u64::MAX >> 13,
             usage_pages: 20000,
+            oom_group: 0,
+            _pad: 0,
             name: name("a"),
         };
         ev.memcg_chain[2] = KMemcg {
             id: 1,
             max_pages: u64::MAX >> 13,
             usage_pages: 90000,
+            oom_group: 0,
+            _pad: 0,
             name: name("/"),
         };
         ev
@@ -283,6 +294,7 @@ pub(crate) mod tests {
         );
         assert_eq!(k.memcg_chain.len(), 3);
         assert_eq!(k.memcg_chain[0].usage_pages, 16380);
+        assert!(k.memcg_chain[0].oom_group && !k.memcg_chain[1].oom_group);
         assert!(!k.cgroup_truncated && !k.memcg_truncated && k.has_mm);
     }
 

@@ -156,6 +156,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
             o.css_set_memory_css = KernelOffsets::ABSENT;
             o.memcg_memory_usage = KernelOffsets::ABSENT;
             o.memcg_memory_max = KernelOffsets::ABSENT;
+            o.memcg_oom_group = KernelOffsets::ABSENT;
         }
         Some(memory_cgrp_id) => {
             let subsys = btf
@@ -189,6 +190,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
                 &["memory", "max"],
                 "mem_cgroup.memory.max",
             )?;
+            // `bool oom_group` (4.19+); without it no kill is reported as a group kill.
+            o.memcg_oom_group = btf
+                .member_offset("mem_cgroup", &["oom_group"])
+                .unwrap_or(KernelOffsets::ABSENT);
             o.memcg_enabled = 1;
         }
     }
@@ -579,12 +584,14 @@ mod tests {
                 want.css_set_memory_css = off("css_set", &["subsys"]) + id * 8;
                 want.memcg_memory_usage = off("mem_cgroup", &["memory", "usage"]);
                 want.memcg_memory_max = off("mem_cgroup", &["memory", "max"]);
+                want.memcg_oom_group = off("mem_cgroup", &["oom_group"]);
                 want.memcg_enabled = 1;
             }
             None => {
                 want.css_set_memory_css = KernelOffsets::ABSENT;
                 want.memcg_memory_usage = KernelOffsets::ABSENT;
                 want.memcg_memory_max = KernelOffsets::ABSENT;
+                want.memcg_oom_group = KernelOffsets::ABSENT;
             }
         }
         assert_eq!(got, want);

@@ -57,6 +57,14 @@ pub struct OomDomain {
     pub usage_bytes: Option<u64>,
 }
 
+/// The cgroup of a group kill (`memory.oom.group`): the kernel killed every process in it
+/// along with the chosen victim, each with an event of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OomGroup {
+    pub path: String,
+    pub scope: Scope,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rss {
     pub anon: u64,
@@ -73,6 +81,9 @@ pub struct OomKill {
     pub trigger: Trigger,
     pub memcg: Option<Memcg>,
     pub oom_domain: OomDomain,
+    /// Present when this kill was part of a group kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_group: Option<OomGroup>,
     pub oom_score_adj: i32,
     pub rss_bytes: Rss,
     pub total_vm_bytes: u64,
@@ -103,6 +114,7 @@ struct Level {
     limit_bytes: Option<u64>,
     usage_bytes: u64,
     headroom_pages: Option<u64>,
+    oom_group: bool,
 }
 
 impl OomInterpreter {
@@ -143,9 +155,25 @@ impl OomInterpreter {
             limit_bytes: l.limit_bytes,
             usage_bytes: l.usage_bytes,
         });
-        let domain = levels
+        let domain_level = levels
             .iter()
-            .find(|l| l.headroom_pages.is_some_and(|h| h <= DOMAIN_HEADROOM_PAGES))
+            .position(|l| l.headroom_pages.is_some_and(|h| h <= DOMAIN_HEADROOM_PAGES));
+        // As mem_cgroup_get_oom_group(): the highest memcg from the victim's up to the OOM
+        // domain (the whole chain for a host OOM) with memory.oom.group set.
+        let group_levels = match domain_level {
+            Some(d) => &levels[..=d],
+            None => &levels[..],
+        };
+        let oom_group = group_levels
+            .iter()
+            .rev()
+            .find(|l| l.oom_group)
+            .map(|l| OomGroup {
+                path: l.path.clone(),
+                scope: container::scope_of(&l.path),
+            });
+        let domain = domain_level
+            .map(|d| &levels[d])
             .map(|l| OomDomain {
                 path: l.path.clone(),
                 scope: container::scope_of(&l.path),
@@ -190,6 +218,7 @@ impl OomInterpreter {
             },
             memcg,
             oom_domain: domain,
+            oom_group,
             oom_score_adj: k.oom_score_adj,
             rss_bytes: Rss {
                 anon: bytes(k.rss_anon_pages),
@@ -236,6 +265,7 @@ impl OomInterpreter {
                 limit_bytes: limited.then(|| l.max_pages.saturating_mul(self.page_size)),
                 usage_bytes: l.usage_pages.saturating_mul(self.page_size),
                 headroom_pages: limited.then(|| l.max_pages.saturating_sub(l.usage_pages)),
+                oom_group: l.oom_group,
             });
             path = parent_path(&path);
         }
@@ -265,6 +295,7 @@ mod tests {
             name: name.into(),
             max_pages: max,
             usage_pages: usage,
+            oom_group: false,
         }
     }
 
@@ -342,6 +373,72 @@ mod tests {
             Some(crate::container::Qos::Burstable)
         );
         assert_eq!(e.workload.container.unwrap().id, ID);
+    }
+
+    fn grouped(mut l: MemcgLevel) -> MemcgLevel {
+        l.oom_group = true;
+        l
+    }
+
+    #[test]
+    fn group_kill_is_the_highest_group_up_to_the_domain() {
+        let uid = "9c3f7e2a-41d5-4a6b-b0f2-8d1e5c7a3b90";
+        let pod = format!("pod{uid}");
+        // Kubernetes ≥ 1.28 on cgroup v2: memory.oom.group on the container's cgroup.
+        let k = raw(
+            vec![
+                grouped(memcg(ID, 4, 8192, 8190)),
+                memcg(&pod, 3, UNLIMITED, 9000),
+                memcg("kubepods", 2, UNLIMITED, 9000),
+                memcg("", 1, UNLIMITED, 1 << 20),
+            ],
+            vec![],
+        );
+        let e = interp().interpret(&k);
+        let g = e.oom_group.as_ref().unwrap();
+        assert_eq!(g.path, format!("/kubepods/{pod}/{ID}"));
+        assert_eq!(g.scope, Scope::Container);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["oom_group"]["scope"], "container");
+
+        // A group above the OOM domain does not widen the kill (the kernel stops at the
+        // domain); the highest group at or below it does.
+        let k = raw(
+            vec![
+                grouped(memcg("worker", 5, UNLIMITED, 100)),
+                grouped(memcg(ID, 4, 8192, 8190)),
+                grouped(memcg(&pod, 3, UNLIMITED, 9000)),
+                memcg("kubepods", 2, UNLIMITED, 9000),
+                memcg("", 1, UNLIMITED, 1 << 20),
+            ],
+            vec![],
+        );
+        let e = interp().interpret(&k);
+        assert_eq!(e.oom_group.unwrap().path, format!("/kubepods/{pod}/{ID}"));
+
+        // No group flag: no group, and no key in the JSON.
+        let k = raw(
+            vec![memcg(ID, 4, 8192, 8190), memcg("", 1, UNLIMITED, 1 << 20)],
+            vec![],
+        );
+        let e = interp().interpret(&k);
+        assert!(e.oom_group.is_none());
+        assert!(serde_json::to_value(&e).unwrap().get("oom_group").is_none());
+    }
+
+    #[test]
+    fn a_host_oom_kills_the_highest_group_of_the_whole_chain() {
+        let k = raw(
+            vec![
+                grouped(memcg("app", 3, UNLIMITED, 9000)),
+                grouped(memcg("apps", 2, UNLIMITED, 9000)),
+                memcg("", 1, UNLIMITED, 1 << 20),
+            ],
+            vec![],
+        );
+        let e = interp().interpret(&k);
+        assert_eq!(e.oom_domain.scope, Scope::Host);
+        assert_eq!(e.oom_group.unwrap().path, "/apps");
     }
 
     #[test]

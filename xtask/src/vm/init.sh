@@ -59,6 +59,12 @@ if [ "$READY" = 1 ]; then
     CG=/sys/fs/cgroup/fathom-vm-oom
     mkdir "$CG"
     echo "$LIMIT_BYTES" >"$CG/memory.max"
+    # A group kill, as the kubelet sets up containers on cgroup v2: the OOM killer picks
+    # alloc, and the kernel kills the idle sibling with it.
+    echo 1 >"$CG/memory.oom.group"
+    sh -c "echo \$\$ >$CG/cgroup.procs && exec sleep 600" &
+    SIBLING=$!
+    sleep 1
     # The child joins the cgroup, then execs alloc: $! is alloc's pid.
     sh -c "echo \$\$ >$CG/cgroup.procs && exec /alloc $ALLOC_MIB" &
     ALLOC=$!
@@ -71,8 +77,10 @@ if [ "$READY" = 1 ]; then
     kill -KILL "$ALLOC" 2>/dev/null
     wait "$ALLOC"
     ALLOC_RC=$?
+    kill -KILL "$SIBLING" 2>/dev/null
+    wait "$SIBLING"
     say "oom pid=$ALLOC cgroup_id=$(stat -c %i "$CG") limit=$(cat "$CG/memory.max") rc=$ALLOC_RC" \
-        "oom_kill=$(grep '^oom_kill ' "$CG/memory.events" | cut -d' ' -f2)"
+        "oom_kill=$(grep '^oom_kill ' "$CG/memory.events" | cut -d' ' -f2) sibling=$SIBLING"
 
     # (b) Datagrams to a closed loopback port: NO_SOCKET drops.
     SENT=$(/udpsend 127.0.0.1 "$UDP_PORT" "$UDP_COUNT")

@@ -328,7 +328,8 @@ fn attached(programs: &[Program], name: &str) -> Result<(), String> {
     }
 }
 
-/// The OOM kill of `alloc`: an `oom_kill` event for its pid, with its cgroup and the limit.
+/// The OOM kill of `alloc`: an `oom_kill` event for its pid, with its cgroup and the limit;
+/// the cgroup is a `memory.oom.group`, so its idle sibling is killed too and reported.
 fn check_oom(programs: &[Program], c: &Console, events: &[Value], s: &Scenario) -> Check {
     if let Err(why) = attached(programs, "oom_mark_victim") {
         return Check::new("n/a", why);
@@ -370,10 +371,35 @@ fn check_oom(programs: &[Program], c: &Console, events: &[Value], s: &Scenario) 
         &ev["oom_domain"]["limit_bytes"],
         json!(s.limit_bytes),
     );
+    // memory.oom.group is set on the cgroup: the event names it, and the idle sibling the
+    // kernel killed along with alloc has an event of its own.
+    expect(
+        "oom_group.path",
+        &ev["oom_group"]["path"],
+        ev["memcg"]["path"].clone(),
+    );
+    if let Some(sibling) = num("sibling") {
+        match events
+            .iter()
+            .find(|e| e["kind"] == "oom_kill" && e["victim"]["pid"].as_u64() == Some(sibling))
+        {
+            Some(sib) => expect(
+                "sibling's oom_group.path",
+                &sib["oom_group"]["path"],
+                ev["memcg"]["path"].clone(),
+            ),
+            None => wrong.push(format!(
+                "no event for the group kill of sibling pid {sibling}"
+            )),
+        }
+    }
     if !wrong.is_empty() {
         return Check::new("fail", format!("OOM event wrong: {}", wrong.join(", ")));
     }
-    Check::new("pass", format!("limit_bytes {}", s.limit_bytes))
+    Check::new(
+        "pass",
+        format!("limit_bytes {}, group kill of 2", s.limit_bytes),
+    )
 }
 
 /// The datagrams to the closed port: `packet_drop` events with reason NO_SOCKET for it.
@@ -529,14 +555,15 @@ mod tests {
     const ATTACHED_DROPS: &str = r#"{"timestamp":"2026-11-26T17:53:45.582884Z","level":"INFO","fields":{"message":"attached","program":"skb_kfree_skb"},"target":"fathom::loader"}"#;
     const VERIFIER: &str = r#"{"timestamp":"2026-11-26T17:53:45.592277Z","level":"WARN","fields":{"message":"not attached","program":"skb_kfree_skb","error":"the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: arg#0 type is not a struct\nUnrecognized arg#0 type PTR\n; btf_arg(self, n)\n0: (79) r2 = *(u64 *)(r1 +16)\nfunc 'kfree_skb' doesn't have 3-th argument\ninvalid bpf_context access off=16 size=8\nverification time 710 usec\nstack depth 0\nprocessed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n: Permission denied (os error 13)"},"target":"fathom::loader"}"#;
     const STATED: &str = r#"{"timestamp":"2026-11-26T18:10:01.1Z","level":"WARN","fields":{"message":"not attached","program":"skb_kfree_skb","error":"skb:kfree_skb passes no drop reason on this kernel (needs Linux >= 5.17); packet drops and reassembly failures are not reported"},"target":"fathom::loader"}"#;
-    const OOM: &str = r#"{"time":"2026-11-26T18:09:11.71254692Z","kind":"oom_kill","victim":{"pid":165,"tgid":165,"comm":"alloc","cgroup_id":27,"cgroup_path":"/fathom-vm-oom"},"trigger":{"pid":165,"tgid":165,"comm":"alloc","cgroup_id":27},"memcg":{"path":"/fathom-vm-oom","id":27,"limit_bytes":33554432,"usage_bytes":33554432},"oom_domain":{"path":"/fathom-vm-oom","scope":"cgroup","limit_bytes":33554432,"usage_bytes":33554432},"oom_score_adj":0,"rss_bytes":{"anon":33423360,"file":0,"shmem":561152},"total_vm_bytes":34557952}"#;
+    const OOM: &str = r#"{"time":"2026-11-26T18:09:11.71254692Z","kind":"oom_kill","victim":{"pid":165,"tgid":165,"comm":"alloc","cgroup_id":27,"cgroup_path":"/fathom-vm-oom"},"trigger":{"pid":165,"tgid":165,"comm":"alloc","cgroup_id":27},"memcg":{"path":"/fathom-vm-oom","id":27,"limit_bytes":33554432,"usage_bytes":33554432},"oom_domain":{"path":"/fathom-vm-oom","scope":"cgroup","limit_bytes":33554432,"usage_bytes":33554432},"oom_group":{"path":"/fathom-vm-oom","scope":"cgroup"},"oom_score_adj":0,"rss_bytes":{"anon":33423360,"file":0,"shmem":561152},"total_vm_bytes":34557952}"#;
+    const SIBLING: &str = r#"{"time":"2026-11-26T18:09:11.71254692Z","kind":"oom_kill","victim":{"pid":164,"tgid":164,"comm":"sleep","cgroup_id":27,"cgroup_path":"/fathom-vm-oom"},"trigger":{"pid":165,"tgid":165,"comm":"alloc","cgroup_id":27},"memcg":{"path":"/fathom-vm-oom","id":27,"limit_bytes":33554432,"usage_bytes":33554432},"oom_domain":{"path":"/fathom-vm-oom","scope":"cgroup","limit_bytes":33554432,"usage_bytes":33554432},"oom_group":{"path":"/fathom-vm-oom","scope":"cgroup"},"oom_score_adj":0,"rss_bytes":{"anon":0,"file":0,"shmem":0},"total_vm_bytes":1000}"#;
     const DROP: &str = r#"{"time":"2026-11-26T18:09:12.488382015Z","kind":"packet_drop","reason":"NO_SOCKET","location":"__udp4_lib_rcv+0x235","netns":4026531840,"device":"lo","ifindex":1,"protocol":"ipv4","len":17,"packet":{"src":"127.0.0.1","dst":"127.0.0.1","protocol":"udp","src_port":39815,"dst_port":9}}"#;
 
     fn console(stderr: &[&str], stdout: &[&str], exit: i32) -> String {
         format!(
             "@@fathom-vm kernel 6.12.118+deb13-cloud-amd64\n@@fathom-vm btf yes\n\
              @@fathom-vm ready 2s\n\
-             @@fathom-vm oom pid=165 cgroup_id=27 limit=33554432 rc=137 oom_kill=1\n\
+             @@fathom-vm oom pid=165 cgroup_id=27 limit=33554432 rc=137 oom_kill=2 sibling=164\n\
              @@fathom-vm udp port=9 sent=5 netns=4026531840\n\
              @@fathom-vm begin stderr\n{}\nfathom: 2 events, 0 lost\n@@fathom-vm end stderr\n\
              @@fathom-vm begin stdout\n{}\n@@fathom-vm end stdout\n@@fathom-vm EXIT={exit}\n",
@@ -562,7 +589,11 @@ mod tests {
 
     #[test]
     fn events_with_the_right_values_pass() {
-        let r = judged(console(&[ATTACHED, ATTACHED_DROPS], &[OOM, DROP], 0));
+        let r = judged(console(
+            &[ATTACHED, ATTACHED_DROPS],
+            &[OOM, SIBLING, DROP],
+            0,
+        ));
         assert!(r.ok(), "{:?}", r.failures);
         assert_eq!((r.oom.status, r.drop.status), ("pass", "pass"));
         assert_eq!(r.drop.detail, "1/5 NO_SOCKET");
@@ -570,12 +601,12 @@ mod tests {
 
     #[test]
     fn a_stated_refusal_is_expected_a_verifier_rejection_fails() {
-        let r = judged(console(&[ATTACHED, STATED], &[OOM], 0));
+        let r = judged(console(&[ATTACHED, STATED], &[OOM, SIBLING], 0));
         assert!(r.ok(), "{:?}", r.failures);
         assert_eq!(r.drop.status, "n/a");
         assert!(r.programs[1].expected);
 
-        let r = judged(console(&[ATTACHED, VERIFIER], &[OOM], 0));
+        let r = judged(console(&[ATTACHED, VERIFIER], &[OOM, SIBLING], 0));
         assert!(!r.ok());
         assert_eq!(
             r.failures,
@@ -593,12 +624,41 @@ mod tests {
         assert_eq!(r.oom.status, "fail");
         assert_eq!(r.oom.detail, "OOM kill of pid 165 not reported");
 
+        // The group kill: the sibling's event missing, or the victim's without its group.
+        let r = judged(console(&[ATTACHED, ATTACHED_DROPS], &[OOM, DROP], 0));
+        assert_eq!(r.oom.status, "fail");
+        assert_eq!(
+            r.oom.detail,
+            "OOM event wrong: no event for the group kill of sibling pid 164"
+        );
+        let ungrouped = OOM.replace(
+            r#""oom_group":{"path":"/fathom-vm-oom","scope":"cgroup"},"#,
+            "",
+        );
+        let r = judged(console(
+            &[ATTACHED, ATTACHED_DROPS],
+            &[&ungrouped, SIBLING, DROP],
+            0,
+        ));
+        assert_eq!(
+            r.oom.detail,
+            r#"OOM event wrong: oom_group.path null (want "/fathom-vm-oom")"#
+        );
+
         let wrong_ns = DROP.replace("4026531840", "0");
-        let r = judged(console(&[ATTACHED, ATTACHED_DROPS], &[OOM, &wrong_ns], 0));
+        let r = judged(console(
+            &[ATTACHED, ATTACHED_DROPS],
+            &[OOM, SIBLING, &wrong_ns],
+            0,
+        ));
         assert_eq!(r.drop.status, "fail");
         assert_eq!(r.drop.detail, "drop event wrong: netns 0 (want 4026531840)");
 
-        let r = judged(console(&[ATTACHED, ATTACHED_DROPS], &[OOM, DROP], 1));
+        let r = judged(console(
+            &[ATTACHED, ATTACHED_DROPS],
+            &[OOM, SIBLING, DROP],
+            1,
+        ));
         assert!(
             r.failures[0].starts_with("fathom exited with 1"),
             "{:?}",
