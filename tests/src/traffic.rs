@@ -77,7 +77,8 @@ pub fn udp_send_path(
 pub struct UdpSink {
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    /// Returns the datagrams received by payload length.
+    thread: Option<std::thread::JoinHandle<std::collections::BTreeMap<usize, u64>>>,
 }
 
 impl UdpSink {
@@ -111,14 +112,25 @@ impl UdpSink {
                 .unwrap();
             tx.send(()).unwrap();
             let mut buf = vec![0u8; 65536];
+            let mut by_len = std::collections::BTreeMap::new();
             let mut n = 0u64;
+            let mut take = |len: usize| {
+                *by_len.entry(len).or_insert(0) += 1;
+                n += 1;
+                c.store(n, std::sync::atomic::Ordering::Relaxed);
+            };
             while !st.load(std::sync::atomic::Ordering::Relaxed) {
-                if sock.recv(&mut buf).is_ok() {
-                    n += 1;
-                    c.store(n, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(len) = sock.recv(&mut buf) {
+                    take(len);
                 }
             }
-            n
+            // Asked to stop: what is queued already counts (the kernel may have delivered a
+            // burst this thread has not been scheduled to read yet). Drain until the socket
+            // stays empty for one read timeout.
+            while let Ok(len) = sock.recv(&mut buf) {
+                take(len);
+            }
+            by_len
         });
         rx.recv_timeout(Duration::from_secs(5)).expect("sink bound");
         Self {
@@ -133,13 +145,19 @@ impl UdpSink {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops and returns the number of datagrams received.
-    pub fn finish(mut self) -> u64 {
+    /// Stops and returns the number of datagrams received, queued ones included.
+    pub fn finish(self) -> u64 {
+        self.finish_by_len().values().sum()
+    }
+
+    /// Stops and returns the datagrams received (queued ones included) by payload length:
+    /// tells a test's burst apart from warm-up datagrams of another size.
+    pub fn finish_by_len(mut self) -> std::collections::BTreeMap<usize, u64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread
             .take()
-            .map(|t| t.join().unwrap_or(0))
-            .unwrap_or(0)
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 
