@@ -197,6 +197,10 @@ pub struct NetContext {
 /// How old a [`NetContext`] may be to be used.
 pub const NET_CONTEXT_MAX_AGE_NS: u64 = 10_000_000;
 
+/// The reason `skb_kfree_skb_legacy` records: kernels before 5.17 pass none. Userspace names
+/// it `NOT_SPECIFIED` there (no `enum skb_drop_reason` to clash with).
+pub const LEGACY_DROP_REASON: u32 = 0;
+
 /// Bytes of the packet kept in a drop event, from the network header on.
 pub const DROP_SNAP_LEN: usize = 128;
 

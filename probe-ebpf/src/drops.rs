@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    Counter, DROP_SNAP_LEN, DropKey, EventKind, NET_CONTEXT_MAX_AGE_NS, NET_STAT_DROPS_MAP_FULL,
-    NET_STAT_DROPS_SEEN, PacketDropEvent,
+    Counter, DROP_SNAP_LEN, DropKey, EventKind, LEGACY_DROP_REASON, NET_CONTEXT_MAX_AGE_NS,
+    NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN, PacketDropEvent,
 };
 
 use crate::{
@@ -34,14 +34,25 @@ use crate::{
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn skb_kfree_skb(ctx: BtfTracePointContext) -> u32 {
-    let _ = unsafe { try_kfree_skb(&ctx) };
+    let reason: u32 = ctx.arg(2);
+    let _ = unsafe { try_kfree_skb(&ctx, reason) };
     0
 }
 
-unsafe fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
+/// The same for kernels before 5.17, whose tracepoint passes no reason (the verifier refuses
+/// a read of a third argument there): every drop is `LEGACY_DROP_REASON`, and the call site
+/// still tells the causes apart (a fragment-queue overflow is a drop inside `ip_defrag`).
+/// The loader attaches exactly one of the two.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn skb_kfree_skb_legacy(ctx: BtfTracePointContext) -> u32 {
+    let _ = unsafe { try_kfree_skb(&ctx, LEGACY_DROP_REASON) };
+    0
+}
+
+#[inline(always)]
+unsafe fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i64> {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    let reason: u32 = ctx.arg(2);
     let o = net_offsets();
     let c = net_config();
     net_stat(NET_STAT_DROPS_SEEN);

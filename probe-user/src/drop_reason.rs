@@ -53,9 +53,13 @@ pub struct DropReasons {
 
 impl DropReasons {
     /// Reads `enum skb_drop_reason` (and `enum skb_drop_reason_subsys` when present) from
-    /// kernel BTF. Empty when the kernel has no drop reasons (before 5.17).
+    /// kernel BTF. Before 5.17 the kernel has no drop reasons: the one value the drop
+    /// program then records ([`probe_common::LEGACY_DROP_REASON`]) is `NOT_SPECIFIED`.
     pub fn from_btf(btf: &Btf) -> Self {
-        let mut reasons = Self::from_pairs(btf.enum_variants(DROP_REASON_ENUM).unwrap_or_default());
+        let Some(pairs) = btf.enum_variants(DROP_REASON_ENUM) else {
+            return Self::legacy();
+        };
+        let mut reasons = Self::from_pairs(pairs);
         for (name, value) in btf.enum_variants(SUBSYS_ENUM).unwrap_or_default() {
             let Some(sub) = name.strip_prefix(SUBSYS_PREFIX) else {
                 continue;
@@ -69,6 +73,14 @@ impl DropReasons {
             }
         }
         reasons
+    }
+
+    /// The table of a kernel without drop reasons.
+    pub fn legacy() -> Self {
+        Self::from_pairs(vec![(
+            "NOT_SPECIFIED".to_owned(),
+            probe_common::LEGACY_DROP_REASON.into(),
+        )])
     }
 
     /// Builds the table from `(enumerator name, value)` pairs as BTF lists them (with or
@@ -345,6 +357,20 @@ mod tests {
             ("SKB_DROP_REASON_SUBSYS_MASK", 0xffff_0000),
         ];
         DropReasons::from_pairs(pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect())
+    }
+
+    #[test]
+    fn a_kernel_without_reasons_names_the_legacy_value_not_specified() {
+        let r = DropReasons::legacy();
+        assert_eq!(r.name(probe_common::LEGACY_DROP_REASON), "NOT_SPECIFIED");
+        // So a drop in ip_defrag is still a queue overflow there.
+        assert_eq!(
+            classify_reassembly(
+                &r.name(probe_common::LEGACY_DROP_REASON),
+                Some("ip_defrag+0x2c")
+            ),
+            Some((ReasmCause::QueueOverflow, IpVersion::V4))
+        );
     }
 
     #[test]

@@ -178,10 +178,17 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             (Err(e), "net") => Err(format!("kernel BTF lacks what it needs: {e}")),
             _ => match unsupported_reason(&btf, spec) {
                 Some(why) => Err(why),
-                None => attach_one(&mut ebpf, spec, &aya_btf),
+                None => attach_one(&mut ebpf, spec, object_program(&btf, spec), &aya_btf),
             },
         };
+        let variant = object_program(&btf, spec);
         match &result {
+            Ok(()) if variant != spec.name => info!(
+                program = spec.name,
+                variant,
+                "attached; this kernel (< 5.17) passes no drop reasons: every drop is \
+                 NOT_SPECIFIED, told apart by its call site"
+            ),
             Ok(()) => info!(program = spec.name, "attached"),
             Err(e) => warn!(program = spec.name, error = %e, "not attached"),
         }
@@ -228,22 +235,37 @@ fn unsupported_reason(btf: &Btf, spec: &ProgramSpec) -> Option<String> {
                     .to_string(),
             )
         }
-        // The drop reason became the tracepoint's third argument in Linux 5.17 ("net: skb:
-        // introduce kfree_skb_reason()", which added `reason` to the tracepoint's record at the
-        // same time). Before, the verifier refuses the program's read of it ("func 'kfree_skb'
-        // doesn't have 3-th argument"), e.g. on 5.10 and 5.15.
-        "skb_kfree_skb" if btf.member("trace_event_raw_kfree_skb", &["reason"]).is_none() => Some(
-            "skb:kfree_skb passes no drop reason on this kernel (needs Linux >= 5.17); packet drops and reassembly failures are not reported"
-                .to_string(),
-        ),
         _ => None,
     }
 }
 
-fn attach_one(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), String> {
+/// Whether `skb:kfree_skb` passes a drop reason. It became the tracepoint's third argument in
+/// Linux 5.17 ("net: skb: introduce kfree_skb_reason()", which added `reason` to the
+/// tracepoint's record at the same time); before, the verifier refuses a read of it
+/// ("func 'kfree_skb' doesn't have 3-th argument"), e.g. on 5.10 and 5.15.
+fn kfree_skb_has_reason(btf: &Btf) -> bool {
+    btf.member("trace_event_raw_kfree_skb", &["reason"])
+        .is_some()
+}
+
+/// The program of the object that implements `spec` on this kernel: `skb_kfree_skb` has a
+/// variant for kernels without drop reasons.
+fn object_program(btf: &Btf, spec: &ProgramSpec) -> &'static str {
+    match spec.name {
+        "skb_kfree_skb" if !kfree_skb_has_reason(btf) => "skb_kfree_skb_legacy",
+        name => name,
+    }
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &ProgramSpec,
+    object_program: &str,
+    btf: &aya::Btf,
+) -> Result<(), String> {
     let prog = ebpf
-        .program_mut(spec.name)
-        .ok_or_else(|| format!("program {} missing from the object", spec.name))?;
+        .program_mut(object_program)
+        .ok_or_else(|| format!("program {object_program} missing from the object"))?;
     match spec.hook {
         Hook::BtfTracepoint(tp) => {
             let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
@@ -299,8 +321,12 @@ mod tests {
     #[test]
     fn refuses_programs_whose_tracepoint_lacks_what_they_read() {
         let old = btf(false);
-        let why = unsupported_reason(&old, spec("skb_kfree_skb")).unwrap();
-        assert!(why.contains("needs Linux >= 5.17"), "{why}");
+        // Drops: the variant without reasons instead of a refusal.
+        assert_eq!(unsupported_reason(&old, spec("skb_kfree_skb")), None);
+        assert_eq!(
+            object_program(&old, spec("skb_kfree_skb")),
+            "skb_kfree_skb_legacy"
+        );
         let why = unsupported_reason(&old, spec("oom_mark_victim")).unwrap();
         assert!(why.contains("needs Linux >= 6.9"), "{why}");
         assert_eq!(unsupported_reason(&old, spec("net_dev_start_xmit")), None);
@@ -308,6 +334,7 @@ mod tests {
         let new = btf(true);
         for p in PROGRAMS {
             assert_eq!(unsupported_reason(&new, p), None, "{}", p.name);
+            assert_eq!(object_program(&new, p), p.name);
         }
     }
 }
