@@ -174,14 +174,14 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
     let mut status = Vec::new();
     for spec in PROGRAMS {
+        let variant = object_program(&btf, spec);
         let result = match (&net_offs, spec.family) {
             (Err(e), "net") => Err(format!("kernel BTF lacks what it needs: {e}")),
             _ => match unsupported_reason(&btf, spec) {
                 Some(why) => Err(why),
-                None => attach_one(&mut ebpf, spec, object_program(&btf, spec), &aya_btf),
+                None => attach_one(&mut ebpf, spec, variant, &aya_btf),
             },
         };
-        let variant = object_program(&btf, spec);
         match &result {
             Ok(()) if variant != spec.name => info!(
                 program = spec.name,
