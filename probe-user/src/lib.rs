@@ -25,6 +25,7 @@ pub mod oom;
 pub mod packet;
 pub mod pcap;
 pub mod pipeline;
+pub mod pressure;
 pub mod privileges;
 pub mod serve;
 
