@@ -67,7 +67,11 @@ pub trait LabelSource: Send + Sync + 'static {
 
     /// Labels and anchor of a memory cgroup (path in the memory hierarchy, "/a/b") with the
     /// names the attribution found for it (pressure series). By default the path itself.
-    fn memory_cgroup(&self, path: &str, workload: &crate::attribution::Workload) -> (WorkloadLabels, Anchor) {
+    fn memory_cgroup(
+        &self,
+        path: &str,
+        workload: &crate::attribution::Workload,
+    ) -> (WorkloadLabels, Anchor) {
         let _ = workload;
         (
             WorkloadLabels {
@@ -156,7 +160,11 @@ impl LabelSource for CgroupPathLabels {
         (labels, anchor)
     }
 
-    fn memory_cgroup(&self, path: &str, workload: &crate::attribution::Workload) -> (WorkloadLabels, Anchor) {
+    fn memory_cgroup(
+        &self,
+        path: &str,
+        workload: &crate::attribution::Workload,
+    ) -> (WorkloadLabels, Anchor) {
         let (mut labels, anchor) = self.for_path(path, self.hierarchies.memory.as_deref());
         with_names(&mut labels, workload);
         (labels, anchor)

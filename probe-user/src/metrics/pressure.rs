@@ -18,17 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use probe_common::{RECLAIM_BUCKETS, reclaim_bucket_upper_seconds};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        exemplar::Exemplar,
-        gauge::ConstGauge,
-    },
+    metrics::{MetricType, counter::ConstCounter, exemplar::Exemplar, gauge::ConstGauge},
 };
-use probe_common::{RECLAIM_BUCKETS, reclaim_bucket_upper_seconds};
 use tracing::{debug, warn};
 
 use super::{
@@ -230,7 +225,12 @@ impl MemoryPressure {
 
 fn workload_pairs(l: &WorkloadLabels) -> [(&'static str, &str); 4] {
     let [a, b, c, d] = l.values();
-    [("namespace", a), ("pod", b), ("container", c), ("cgroup", d)]
+    [
+        ("namespace", a),
+        ("pod", b),
+        ("container", c),
+        ("cgroup", d),
+    ]
 }
 
 impl Collector for MemoryPressure {
@@ -273,29 +273,28 @@ impl Collector for MemoryPressure {
         }
 
         let snapshot = st.files.store().snapshot();
-        let families: [(u8, &str, &str); 4] = [
+        for (name, slot, help) in [
             (
-                LIMIT_HITS,
                 "fathom_memory_limit_hits",
+                LIMIT_HITS,
                 "Times the cgroup's memory usage hit its limit (cgroup v2 memory.events max; v1 memory.failcnt: failed charges), for containers, pods and cgroups with a memory limit",
             ),
             (
-                HIGH,
                 "fathom_memory_high_events",
+                HIGH,
                 "Times usage went over memory.high and the cgroup was throttled into reclaim (cgroup v2 memory.events high)",
             ),
             (
-                OOM,
                 "fathom_memory_oom_events",
+                OOM,
                 "Times the cgroup's OOM killer ran (cgroup v2 memory.events oom), whether or not it killed",
             ),
             (
-                OOM_KILL,
                 "fathom_memory_oom_kill_events",
+                OOM_KILL,
                 "Processes the kernel OOM-killed in the cgroup, by its own count (memory.events oom_kill; v1 memory.oom_control oom_kill)",
             ),
-        ];
-        for (slot, name, help) in families {
+        ] {
             let mut f = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for ((labels, s), v) in &snapshot {
                 if *s == slot {
@@ -316,32 +315,38 @@ impl Collector for MemoryPressure {
                 _ => continue,
             };
             let [a, b, c, d] = workload_pairs(labels);
-            ConstCounter::new(*v as f64 / 1e6)
-                .encode(f.encode_family(&[a, b, c, d, ("kind", kind)])?)?;
+            ConstCounter::new(*v as f64 / 1e6).encode(f.encode_family(&[
+                a,
+                b,
+                c,
+                d,
+                ("kind", kind),
+            ])?)?;
         }
 
-        let gauges: [(&str, &str, fn(&Gauge) -> Option<u64>); 3] = [
+        type Get = fn(&Gauge) -> Option<u64>;
+        for (name, help, get) in [
             (
                 "fathom_memory_limit_bytes",
                 "The cgroup's memory limit (memory.max / memory.limit_in_bytes), for cgroups with one",
-                |g| Some(g.limit),
+                (|g| Some(g.limit)) as Get,
             ),
             (
                 "fathom_memory_usage_bytes",
                 "The cgroup's memory usage (memory.current / memory.usage_in_bytes)",
-                |g| g.usage,
+                (|g| g.usage) as Get,
             ),
             (
                 "fathom_memory_max_usage_bytes",
                 "Highest memory usage the cgroup reached (memory.peak, Linux 5.19+; v1 memory.max_usage_in_bytes)",
-                |g| g.max_usage,
+                (|g| g.max_usage) as Get,
             ),
-        ];
-        for (name, help, get) in gauges {
+        ] {
             let mut f = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for g in &st.gauges {
                 if let Some(v) = get(g) {
-                    ConstGauge::new(v as i64).encode(f.encode_family(&workload_pairs(&g.labels))?)?;
+                    ConstGauge::new(v as i64)
+                        .encode(f.encode_family(&workload_pairs(&g.labels))?)?;
                 }
             }
         }
@@ -352,7 +357,8 @@ impl Collector for MemoryPressure {
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(st.uncounted.map_full).encode(f.encode_family(&[("reason", "map_full")])?)?;
+        ConstCounter::new(st.uncounted.map_full)
+            .encode(f.encode_family(&[("reason", "map_full")])?)?;
         ConstCounter::new(st.uncounted.unmatched_end)
             .encode(f.encode_family(&[("reason", "unmatched_end")])?)?;
         Ok(())

@@ -3,8 +3,8 @@
 //! cgroup v2 (`memory.*` in the cgroup2 directory): `memory.max`, `memory.current`,
 //! `memory.peak` (Linux 5.19+), `memory.events` (`high`, `max`, `oom`, `oom_kill`, hierarchical:
 //! a pod's counts include its containers'). cgroup v1 (`memory` hierarchy): `limit_in_bytes`,
-//! `usage_in_bytes`, `max_usage_in_bytes`, `failcnt` (failed charges against the limit, the
-//! counterpart of v2's `max`), `oom_control` (`oom_kill`, Linux 4.13+; v1 has no `oom` count).
+//! `usage_in_bytes`, `max_usage_in_bytes`, `failcnt` + `memsw.failcnt` (failed charges against
+//! the memory and the memory+swap limit, the counterpart of v2's `max`), `oom_control` (`oom_kill`, Linux 4.13+; v1 has no `oom` count).
 //! PSI (`memory.pressure`, `some` / `full` `total=` in µs) lives in the cgroup2 directory on
 //! every layout: on hybrid hosts in the cgroup2 directory of the same path, which exists when
 //! the runtime joined cgroup2 too (runc, systemd and the kubelet do).
@@ -19,7 +19,7 @@ pub struct CgroupPressure {
     pub usage_bytes: Option<u64>,
     /// Highest usage seen (v1 `max_usage_in_bytes`, v2 `memory.peak`).
     pub max_usage_bytes: Option<u64>,
-    /// v2 `memory.events max`, v1 `memory.failcnt`.
+    /// v2 `memory.events max`, v1 `memory.failcnt` + `memory.memsw.failcnt`.
     pub limit_hits: Option<u64>,
     /// v2 `memory.events high`.
     pub high_events: Option<u64>,
@@ -91,7 +91,16 @@ impl CgroupDirs {
                 usage_bytes: read(&m.join("memory.usage_in_bytes")).and_then(|t| number(&t)),
                 max_usage_bytes: read(&m.join("memory.max_usage_in_bytes"))
                     .and_then(|t| number(&t)),
-                limit_hits: read(&m.join("memory.failcnt")).and_then(|t| number(&t)),
+                // A v1 charge is tried against memory+swap first (with swap accounting), then
+                // memory (mm/memcontrol.c try_charge_memcg); each failure counts at the one
+                // counter that refused it, so the hits of both limits add up.
+                limit_hits: read(&m.join("memory.failcnt"))
+                    .and_then(|t| number(&t))
+                    .map(|n| {
+                        n + read(&m.join("memory.memsw.failcnt"))
+                            .and_then(|t| number(&t))
+                            .unwrap_or(0)
+                    }),
                 high_events: None,
                 oom_events: None,
                 oom_kill_events: read(&m.join("memory.oom_control"))
@@ -207,7 +216,11 @@ mod tests {
 
     #[test]
     fn hybrid_layout_takes_psi_from_the_same_path_under_cgroup2() {
-        let d = CgroupDirs::of("/kubepods/x", Path::new("/nonexistent/memory"), Some(Path::new("/u")));
+        let d = CgroupDirs::of(
+            "/kubepods/x",
+            Path::new("/nonexistent/memory"),
+            Some(Path::new("/u")),
+        );
         assert!(!d.memory_is_v2);
         assert_eq!(d.memory, Path::new("/nonexistent/memory/kubepods/x"));
         assert_eq!(d.unified.as_deref(), Some(Path::new("/u/kubepods/x")));

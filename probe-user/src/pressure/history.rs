@@ -65,8 +65,7 @@ impl StallHistory {
                 }
                 _ => s.samples.push_back((now, total)),
             }
-            while s.samples.len() > 1 && now.saturating_duration_since(s.samples[1].0) >= WINDOW
-            {
+            while s.samples.len() > 1 && now.saturating_duration_since(s.samples[1].0) >= WINDOW {
                 s.samples.pop_front();
             }
         }
@@ -149,7 +148,12 @@ mod tests {
         assert_eq!(h.stall_in(7, WINDOW, now, None), Some(S * 6));
         // A fresh reading after the last sample counts too.
         assert_eq!(
-            h.stall_in(7, Duration::from_secs(10), now, Some(1_000 + 70 * 100_000_000 + 5)),
+            h.stall_in(
+                7,
+                Duration::from_secs(10),
+                now,
+                Some(1_000 + 70 * 100_000_000 + 5)
+            ),
             Some(S + Duration::from_nanos(5))
         );
         assert_eq!(h.stall_in(8, WINDOW, now, None), None);
@@ -165,7 +169,10 @@ mod tests {
         }
         assert_eq!(h.series[&1].samples.len(), 1);
         let now = t0 + S * 99;
-        assert_eq!(h.stall_in(1, Duration::from_secs(10), now, None), Some(Duration::ZERO));
+        assert_eq!(
+            h.stall_in(1, Duration::from_secs(10), now, None),
+            Some(Duration::ZERO)
+        );
         assert!(h.latest_growth(now).is_empty());
     }
 

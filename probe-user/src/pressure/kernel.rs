@@ -52,8 +52,8 @@ impl Stalls {
 pub fn stalls(ebpf: &aya::Ebpf) -> Result<HashMap<(u64, u32), Stalls>, CountersError> {
     const NAME: &str = "RECLAIM";
     let map = ebpf.map(NAME).ok_or(CountersError::MissingMap(NAME))?;
-    let m: PerCpuHashMap<&MapData, ReclaimKey, ReclaimStall> = PerCpuHashMap::try_from(map)
-        .map_err(|source| CountersError::Map { name: NAME, source })?;
+    let m: PerCpuHashMap<&MapData, ReclaimKey, ReclaimStall> =
+        PerCpuHashMap::try_from(map).map_err(|source| CountersError::Map { name: NAME, source })?;
     let mut out: HashMap<(u64, u32), Stalls> = HashMap::new();
     for item in m.iter() {
         let (k, per_cpu) = item.map_err(|source| CountersError::Map { name: NAME, source })?;
@@ -86,8 +86,8 @@ pub struct ReclaimStats {
 pub fn reclaim_stats(ebpf: &aya::Ebpf) -> Result<ReclaimStats, CountersError> {
     const NAME: &str = "RECLAIM_STATS";
     let map = ebpf.map(NAME).ok_or(CountersError::MissingMap(NAME))?;
-    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-        .map_err(|source| CountersError::Map { name: NAME, source })?;
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(|source| CountersError::Map { name: NAME, source })?;
     let slot = |i: u32| -> Result<u64, CountersError> {
         m.get(&i, 0)
             .map(|v| v.iter().sum())

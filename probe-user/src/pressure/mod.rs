@@ -101,8 +101,7 @@ impl Tracker {
 
     /// Records the kernel's current totals (once a second).
     pub fn sample(&mut self, now: Instant, stalls: &HashMap<(u64, u32), kernel::Stalls>) {
-        self.history
-            .sample(now, &kernel::stall_ns_by_memcg(stalls));
+        self.history.sample(now, &kernel::stall_ns_by_memcg(stalls));
         self.last_sample = Some(now);
     }
 
