@@ -73,7 +73,7 @@ fn begin(kind: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     // LRU: a thread that never reaches its end (cannot happen for these paired calls, but a
     // program attached between one thread's begin and end can miss halves) ages out.
-    let _ = RECLAIM_START.insert(&start_key(kind), &now, 0);
+    let _ = RECLAIM_START.insert(start_key(kind), now, 0);
 }
 
 #[inline(always)]
@@ -91,7 +91,7 @@ fn end(kind: u32) {
         _pad: 0,
     };
     let bucket = reclaim_bucket(ns);
-    match RECLAIM.get_ptr_mut(&key) {
+    match RECLAIM.get_ptr_mut(key) {
         Some(v) => unsafe {
             (*v).count += 1;
             (*v).total_ns += ns;
@@ -106,7 +106,7 @@ fn end(kind: u32) {
             if let Some(b) = v.buckets.get_mut(bucket) {
                 *b = 1;
             }
-            if RECLAIM.insert(&key, &v, 0).is_err() {
+            if RECLAIM.insert(key, v, 0).is_err() {
                 reclaim_stat(RECLAIM_STAT_MAP_FULL);
             }
         }

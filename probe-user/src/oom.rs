@@ -93,7 +93,7 @@ pub struct OomKill {
     pub workload: Workload,
     /// The victim memory cgroup's pressure just before the kill (filled in by the pipeline).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pressure: Option<crate::pressure::OomPressure>,
+    pub pressure: Option<Box<crate::pressure::OomPressure>>,
     /// The cgroup path the workload was derived from (the v2 path, or the memcg path on hybrid
     /// hosts where the runtime only joined v1 controllers).
     #[serde(skip)]

@@ -592,7 +592,8 @@ impl Pipeline {
         let current = self.kernel.with_ebpf(crate::pressure::kernel::stalls).ok();
         k.pressure = self
             .pressure
-            .before_kill(&k, current.as_ref(), std::time::Instant::now());
+            .before_kill(&k, current.as_ref(), std::time::Instant::now())
+            .map(Box::new);
         k
     }
 

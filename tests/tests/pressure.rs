@@ -169,7 +169,7 @@ fn assert_kill_pressure(ev: &Value, fathom_total: f64, hits: u64, what: &str) {
     );
     let peak = p["max_usage_bytes"].as_u64().expect("max_usage_bytes");
     assert!(
-        peak <= LIMIT && peak >= LIMIT - (1 << 20),
+        (LIMIT - (1 << 20)..=LIMIT).contains(&peak),
         "{what}: highest usage {peak} for a {LIMIT} limit"
     );
 }

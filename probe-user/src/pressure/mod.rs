@@ -120,7 +120,7 @@ impl Tracker {
             })
             .map(|(id, ns, dt)| (id, Duration::from_nanos(ns), dt))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 
