@@ -97,6 +97,10 @@ impl Default for PipelineConfig {
 /// How often the reclaim totals are sampled (pressure history, `memory_pressure` events).
 const PRESSURE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A gone memory cgroup's `RECLAIM` keys are deleted once its stall has not grown for this
+/// long (checked every minute; only where `forget_removed_netns` is set: the exporter).
+const RECLAIM_FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// `memory_pressure` events produced per sampling interval at most; the rest are counted as
 /// suppressed (the largest stalls go first).
 const PRESSURE_EVENTS_PER_INTERVAL: usize = 10;
@@ -357,6 +361,7 @@ pub struct Pipeline {
     pressure: crate::pressure::Tracker,
     pressure_threshold: Option<f64>,
     pressure_events: PressureEventCounts,
+    pressure_ticks: u64,
 }
 
 impl Pipeline {
@@ -417,6 +422,7 @@ impl Pipeline {
             pressure,
             pressure_threshold: cfg.pressure_threshold,
             pressure_events: PressureEventCounts::default(),
+            pressure_ticks: 0,
         })
     }
 
@@ -430,7 +436,25 @@ impl Pipeline {
         let Ok(stalls) = self.kernel.with_ebpf(crate::pressure::kernel::stalls) else {
             return Vec::new();
         };
-        self.pressure.sample(std::time::Instant::now(), &stalls);
+        let now = std::time::Instant::now();
+        self.pressure.sample(now, &stalls);
+        self.pressure_ticks += 1;
+        if self.forget_removed_netns && self.pressure_ticks.is_multiple_of(60) {
+            let gone = self
+                .pressure
+                .gone_quiet(&stalls, now, RECLAIM_FORGET_AFTER, |id| {
+                    self.attributor
+                        .by_cgroup_id(Hierarchy::Memory, id)
+                        .is_some()
+                });
+            if !gone.is_empty()
+                && let Err(e) = self
+                    .kernel
+                    .with_ebpf_mut(|ebpf| crate::pressure::kernel::forget_memcgs(ebpf, &gone))
+            {
+                warn!(error = %e, "cannot remove gone memory cgroups' reclaim keys");
+            }
+        }
         let Some(threshold) = self.pressure_threshold else {
             return Vec::new();
         };

@@ -115,6 +115,11 @@ impl StallHistory {
             .collect()
     }
 
+    /// When the stall of `id` last grew (or was first seen).
+    pub fn last_change(&self, id: u64) -> Option<Instant> {
+        Some(self.series.get(&id)?.last()?.0)
+    }
+
     pub fn len(&self) -> usize {
         self.series.len()
     }

@@ -8,6 +8,7 @@ use probe_common::{
     RECLAIM_BUCKETS, RECLAIM_KIND_DIRECT, RECLAIM_STAT_MAP_FULL, RECLAIM_STAT_UNMATCHED_END,
     ReclaimKey, ReclaimStall,
 };
+use std::collections::HashSet;
 
 use crate::net_counters::CountersError;
 
@@ -97,4 +98,18 @@ pub fn reclaim_stats(ebpf: &aya::Ebpf) -> Result<ReclaimStats, CountersError> {
         map_full: slot(RECLAIM_STAT_MAP_FULL)?,
         unmatched_end: slot(RECLAIM_STAT_UNMATCHED_END)?,
     })
+}
+
+/// Removes the `RECLAIM` keys of the memory cgroups in `gone`; returns how many.
+pub fn forget_memcgs(ebpf: &mut aya::Ebpf, gone: &HashSet<u64>) -> Result<usize, CountersError> {
+    const NAME: &str = "RECLAIM";
+    let map = ebpf.map_mut(NAME).ok_or(CountersError::MissingMap(NAME))?;
+    let mut m: PerCpuHashMap<&mut MapData, ReclaimKey, ReclaimStall> =
+        PerCpuHashMap::try_from(map).map_err(|source| CountersError::Map { name: NAME, source })?;
+    let keys: Vec<ReclaimKey> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| gone.contains(&k.memcg_id))
+        .collect();
+    Ok(keys.iter().filter(|k| m.remove(k).is_ok()).count())
 }

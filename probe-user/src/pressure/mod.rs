@@ -105,6 +105,29 @@ impl Tracker {
         self.last_sample = Some(now);
     }
 
+    /// Memory cgroups of `stalls` whose stall has not grown for `quiet` and that `exists`
+    /// says are gone: their kernel keys can go (a long-running exporter must not let the map
+    /// fill with the keys of deleted cgroups). Their series, unchanged that long, keep their
+    /// value until they expire.
+    pub fn gone_quiet(
+        &self,
+        stalls: &HashMap<(u64, u32), kernel::Stalls>,
+        now: Instant,
+        quiet: Duration,
+        exists: impl Fn(u64) -> bool,
+    ) -> std::collections::HashSet<u64> {
+        stalls
+            .keys()
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.history
+                    .last_change(*id)
+                    .is_some_and(|t| now.saturating_duration_since(t) >= quiet)
+                    && !exists(*id)
+            })
+            .collect()
+    }
+
     /// Memory cgroups whose stall in the interval ending at the latest sample is at least
     /// `threshold` per second: (id, stall, interval).
     pub fn over_threshold(&self, threshold: f64) -> Vec<(u64, Duration, Duration)> {
@@ -187,5 +210,43 @@ impl Tracker {
             }
         }
         Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stalls(v: &[(u64, u64)]) -> HashMap<(u64, u32), kernel::Stalls> {
+        v.iter()
+            .map(|&(id, ns)| {
+                let s = kernel::Stalls {
+                    count: 1,
+                    total_ns: ns,
+                    ..Default::default()
+                };
+                ((id, probe_common::RECLAIM_KIND_MEMCG), s)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_gone_and_quiet_cgroups_are_forgotten_and_thresholds_pick_the_stalling() {
+        let mut t = Tracker::new(Hierarchies::default());
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        t.sample(t0, &stalls(&[(1, 0), (2, 0), (3, 0)]));
+        // 1 keeps stalling (500 ms/s), 2 and 3 are quiet; 3 is gone.
+        t.sample(t0 + s, &stalls(&[(1, 500_000_000), (2, 0), (3, 0)]));
+        let over = t.over_threshold(0.1);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].0, 1);
+        assert_eq!(over[0].1, Duration::from_millis(500));
+        let now = t0 + s * 700;
+        let cur = stalls(&[(1, 500_000_000), (2, 0), (3, 0)]);
+        let gone = t.gone_quiet(&cur, now, Duration::from_secs(600), |id| id != 3);
+        assert_eq!(gone, [3].into_iter().collect());
+        let gone = t.gone_quiet(&cur, t0 + s * 10, Duration::from_secs(600), |_| false);
+        assert!(gone.is_empty(), "not quiet long enough");
     }
 }
