@@ -17,10 +17,20 @@
 //! labels change or several keys share one series. VXLAN series keep `netns` even without
 //! workload labels: device names repeat across namespaces, and VXLAN devices are few.
 //!
+//! Zero series: `fathom_ip_reassembly_failures_total` exists at 0 for `queue_overflow` and
+//! `timeout` in every namespace the topology lists (2 series per namespace), so the first
+//! failure of a namespace moves a series Prometheus has already seen (see [`super::store`]).
+//!
+//! Nothing counted is lost when a namespace goes: fathom serve does not let the pipeline delete
+//! a removed namespace's kernel keys. A scrape reads them, and only then deletes the keys of
+//! namespaces the topology listed before and lists no more ([`net_counters::forget_netns`]);
+//! the series keep their last value until they expire after the TTL.
+//!
 //! A namespace's labels come from services that learn about it a little after its first
 //! packet (the topology rescans every 2 s, the attribution asks the runtime for pod names).
-//! Counts of a namespace seen for the first time are therefore held back until its labels are
-//! final or [`NAMING_GRACE`] has passed, whichever is first: its series then start with
+//! Counts of a namespace seen for the first time are therefore held back until the topology
+//! lists it with final labels (or with no owner at all) or [`NAMING_GRACE`] has passed,
+//! whichever is first: its series then start with
 //! everything counted so far under the right names, instead of an `if<index>` / UID series
 //! that stops growing beside the named one. Labels that change later anyway (a renamed
 //! device) start a new series with the growth after the change; the old one expires after the
@@ -207,12 +217,21 @@ struct State {
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
     first_seen: HashMap<u32, (Instant, bool)>,
+    /// Zero series of `fathom_ip_reassembly_failures_total` for this scrape.
+    reasm_zeros: Vec<ReasmSeries>,
+    /// Namespaces the topology has listed: one it lists no more is gone.
+    ever_listed: HashSet<u32>,
 }
+
+/// Causes whose series exist at 0 in every known namespace (what the shipped alerts watch).
+pub const ZERO_CAUSES: [&str; 2] = ["queue_overflow", "timeout"];
 
 impl State {
     fn new(ttl: Duration) -> Self {
         Self {
             first_seen: HashMap::new(),
+            reasm_zeros: Vec::new(),
+            ever_listed: HashSet::new(),
             drops: CumulativeCounters::new(ttl),
             reasm: CumulativeCounters::new(ttl),
             fragments: CumulativeCounters::new(ttl),
@@ -246,7 +265,7 @@ impl State {
                 *ready = *ready
                     || ns == 0
                     || now.saturating_duration_since(*first) >= NAMING_GRACE
-                    || (listed.lists(ns) && labeler.resolved(ns));
+                    || (listed.lists(ns) && (labeler.resolved(ns) || labeler.unowned(ns)));
                 *ready
             })
             .collect()
@@ -269,14 +288,43 @@ impl State {
             + self.vxlan_drops.expire(now, alive)
     }
 
-    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    /// Namespaces that are gone (listed before, not any more) and still have kernel keys;
+    /// they are forgotten here, the caller deletes their keys after this scrape's reading.
+    fn gone_with_keys(
+        &mut self,
+        drops: &HashMap<DropKey, Counter>,
+        ifs: &HashMap<IfKey, IfCounters>,
+        listed: &ListedNetns,
+    ) -> Vec<u32> {
+        if !listed.scanned() {
+            return Vec::new();
+        }
+        self.ever_listed.extend(listed.listed());
+        let in_maps: HashSet<u32> = drops
+            .keys()
+            .map(|k| k.netns)
+            .chain(ifs.keys().map(|k| k.netns))
+            .collect();
+        let gone: Vec<u32> = self
+            .ever_listed
+            .iter()
+            .copied()
+            .filter(|ns| !listed.lists(*ns))
+            .collect();
+        for ns in &gone {
+            self.ever_listed.remove(ns);
+        }
+        gone.into_iter().filter(|ns| in_maps.contains(ns)).collect()
+    }
+
+    fn encode(&mut self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut f = encoder.encode_descriptor(
             "fathom_packet_drops",
             "Packets the kernel dropped (skb:kfree_skb), by network namespace and drop reason (names from the running kernel's enum skb_drop_reason)",
             None,
             MetricType::Counter,
         )?;
-        for ((ns, reason), v) in self.drops.store().snapshot() {
+        for ((ns, reason), v) in self.drops.store_mut().scrape([]) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
         }
@@ -286,7 +334,9 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((ns, cause), v) in self.reasm.store().snapshot() {
+        for ((ns, cause), v) in self.reasm
+            .store_mut()
+            .scrape(std::mem::take(&mut self.reasm_zeros)) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
         }
@@ -296,7 +346,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((ns, device, dir), v) in self.fragments.store().snapshot() {
+        for ((ns, device, dir), v) in self.fragments.store_mut().scrape([]) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[
                 a,
@@ -312,7 +362,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((vx, dir), v) in self.vxlan_packets.store().snapshot() {
+        for ((vx, dir), v) in self.vxlan_packets.store_mut().scrape([]) {
             let [a, b, c] = vx.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("direction", dir)])?)?;
         }
@@ -322,7 +372,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for (vx, v) in self.vxlan_oversize.store().snapshot() {
+        for (vx, v) in self.vxlan_oversize.store_mut().scrape([]) {
             ConstCounter::new(v).encode(f.encode_family(&vx.pairs())?)?;
         }
         let mut f = encoder.encode_descriptor(
@@ -331,7 +381,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((vx, reason), v) in self.vxlan_drops.store().snapshot() {
+        for ((vx, reason), v) in self.vxlan_drops.store_mut().scrape([]) {
             let [a, b, c] = vx.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
         }
@@ -361,14 +411,15 @@ impl NetworkSeries {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Folds one snapshot of the maps into the counters.
+    /// Folds one snapshot of the maps into the counters; returns the gone namespaces whose
+    /// kernel keys are to be deleted now that their counts are read.
     fn update(
         &self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
         topology: Option<&TopologySnapshot>,
         now: Instant,
-    ) {
+    ) -> Vec<u32> {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
@@ -385,6 +436,19 @@ impl NetworkSeries {
         if expired > 0 {
             debug!(expired, "network series of gone namespaces expired");
         }
+        let mut zeros = Vec::new();
+        let mut seen = HashSet::new();
+        for ns in listed.listed() {
+            let (labels, _) = labeler.labels(ns);
+            for cause in ZERO_CAUSES {
+                let z = (labels.clone(), cause);
+                if seen.insert(z.clone()) {
+                    zeros.push(z);
+                }
+            }
+        }
+        state.reasm_zeros = zeros;
+        state.gone_with_keys(drops, ifs, &listed)
     }
 }
 
@@ -439,8 +503,20 @@ impl Collector for NetworkCounters {
         match maps {
             Ok((drops, ifs)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
-                self.series
+                let gone = self
+                    .series
                     .update(&drops, &ifs, topology.as_deref(), Instant::now());
+                // Read, then deleted: a gone namespace's last counts are in the series now,
+                // and a new namespace reusing the inode starts from zero in the kernel.
+                for ns in gone {
+                    match self
+                        .kernel
+                        .with_ebpf_mut(|ebpf| net_counters::forget_netns(ebpf, ns))
+                    {
+                        Ok(n) => debug!(netns = ns, keys = n, "gone namespace's keys deleted"),
+                        Err(e) => warn!(netns = ns, error = %e, "cannot delete a gone namespace's keys"),
+                    }
+                }
             }
             // The last values stay exported: better than counters that vanish for a scrape.
             Err(e) => warn!(error = %e, "cannot read the network counters"),

@@ -78,7 +78,7 @@ impl OomKills {
         if expired > 0 {
             debug!(expired, "OOM kill series of gone workloads expired");
         }
-        store.snapshot()
+        store.scrape([])
     }
 }
 
