@@ -258,6 +258,7 @@ impl State {
             .chain(ifs.keys().map(|k| k.netns))
             .collect();
         self.first_seen.retain(|ns, _| present.contains(ns));
+        let ever_listed = &self.ever_listed;
         present
             .into_iter()
             .filter(|&ns| {
@@ -265,7 +266,9 @@ impl State {
                 *ready = *ready
                     || ns == 0
                     || now.saturating_duration_since(*first) >= NAMING_GRACE
-                    || (listed.lists(ns) && (labeler.resolved(ns) || labeler.unowned(ns)));
+                    || (listed.lists(ns) && (labeler.resolved(ns) || labeler.unowned(ns)))
+                    // Gone after being listed: its labels will not get better.
+                    || (ever_listed.contains(&ns) && !listed.lists(ns));
                 *ready
             })
             .collect()
@@ -336,7 +339,7 @@ impl State {
         )?;
         for ((ns, cause), v) in self.reasm
             .store_mut()
-            .scrape(std::mem::take(&mut self.reasm_zeros)) {
+            .scrape(self.reasm_zeros.clone()) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
         }
@@ -637,13 +640,54 @@ mod tests {
             self.0.update(drops, ifs, t, now);
         }
 
+        /// What a scraper sees from its second scrape on (a new series is scraped at 0 once
+        /// first: see `store`).
         fn text(&self) -> String {
             let mut registry = prometheus_client::registry::Registry::default();
             registry.register_collector(Box::new(Series(self.0.clone())));
             let mut out = String::new();
             prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+            out.clear();
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
             out
         }
+    }
+
+    #[test]
+    fn listed_namespaces_have_zero_reassembly_series_and_gone_ones_are_read_before_forgotten() {
+        let mut owners = FixedOwners::default();
+        owners
+            .pods
+            .insert(POD_NS, pod("uid", Some("web-0"), Some("shop")));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let topo = topo();
+        c.update(&HashMap::new(), &HashMap::new(), Some(&topo), t0);
+        let text = c.text();
+        for cause in ZERO_CAUSES {
+            let line = format!(
+                "fathom_ip_reassembly_failures_total{{namespace=\"shop\",pod=\"web-0\",netns=\"{POD_NS}\",cause=\"{cause}\"}} 0\n"
+            );
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        // The namespace goes with 9 overflow drops in the map: they are read, then deleted.
+        let drops = HashMap::from([(key(POD_NS, 3, 2, 0xffff_ffff_8100_0100), packets(9))]);
+        let mut gone = topology(HOST, &[]);
+        gone.generation = topo.generation + 1;
+        let forget = c.0.update(&drops, &HashMap::new(), Some(&gone), t0);
+        assert_eq!(forget, vec![POD_NS]);
+        let text = c.text();
+        assert!(
+            text.contains(&format!(
+                "fathom_ip_reassembly_failures_total{{namespace=\"shop\",pod=\"web-0\",netns=\"{POD_NS}\",cause=\"queue_overflow\"}} 9\n"
+            )),
+            "{text}"
+        );
+        // No zero series for a namespace no longer listed.
+        assert!(
+            !text.contains(&format!("netns=\"{POD_NS}\",cause=\"timeout\"")),
+            "{text}"
+        );
     }
 
     fn counters(owners: FixedOwners, workload_labels: bool) -> (Series, Arc<FixedOwners>) {
@@ -692,8 +736,10 @@ mod tests {
         has(
             r#"fathom_ip_reassembly_failures_total{namespace="shop",pod="web-0",netns="4026532100",cause="timeout"} 1"#,
         );
+        // The pod's two series; the host's are its zero series.
         assert_eq!(
-            text.matches("fathom_ip_reassembly_failures_total{").count(),
+            text.matches("fathom_ip_reassembly_failures_total{namespace=\"shop\"")
+                .count(),
             2
         );
     }
@@ -764,13 +810,15 @@ mod tests {
             r#"fathom_vxlan_drops_total{netns="4026531840",device="vx0",vni="42",reason="VXLAN_INVALID_HDR"} 2"#,
         );
         assert!(
-            !text.contains("fathom_ip_reassembly_failures_total{"),
-            "{text}"
+            text.lines()
+                .filter(|l| l.starts_with("fathom_ip_reassembly_failures_total{"))
+                .all(|l| l.ends_with(" 0")),
+            "only zero series: {text}"
         );
     }
 
     #[test]
-    fn a_new_namespace_is_exported_once_named_with_everything_counted_so_far() {
+    fn a_new_namespace_is_exported_once_listed_with_everything_counted_so_far() {
         const NEW: u32 = 4026532200;
         let mut owners = FixedOwners::default();
         owners
@@ -810,13 +858,13 @@ mod tests {
                 vxlan: None,
             }],
         );
+        // Listed, devices named, no owner: its labels will not get better by waiting, so
+        // everything is exported at once under the device's name.
         c.update(&drops, &rx(5), Some(&t), t0 + NAMING_GRACE / 2);
-        assert!(!c.text().contains(r#"netns="4026532200""#));
-        c.update(&drops, &rx(6), Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         assert!(
             text.contains(
-                "fathom_ip_fragments_total{namespace=\"\",pod=\"\",netns=\"4026532200\",device=\"eth0\",direction=\"rx\"} 6\n"
+                "fathom_ip_fragments_total{namespace=\"\",pod=\"\",netns=\"4026532200\",device=\"eth0\",direction=\"rx\"} 5\n"
             ),
             "everything under the device's name: {text}"
         );
