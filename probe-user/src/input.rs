@@ -78,7 +78,10 @@ fn check_reasons_in(names: &[String], reasons: &DropReasons) -> Result<Vec<Strin
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         let up = n.to_ascii_uppercase();
-        let short = up.strip_prefix("SKB_DROP_REASON_").unwrap_or(&up).to_owned();
+        let short = up
+            .strip_prefix("SKB_DROP_REASON_")
+            .unwrap_or(&up)
+            .to_owned();
         if reasons.value(&short).is_none() {
             let known: Vec<&str> = reasons.iter().map(|(_, name)| name).collect();
             return Err(format!(
@@ -102,7 +105,10 @@ pub fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, 
             // accepted and silence every log line. A bare directive must be a level here.
             for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
                 let bare = !d.contains(['=', '[', '{']);
-                if bare && d.parse::<tracing_subscriber::filter::LevelFilter>().is_err() {
+                if bare
+                    && d.parse::<tracing_subscriber::filter::LevelFilter>()
+                        .is_err()
+                {
                     return Err(format!(
                         "FATHOM_LOG={v}: {d:?} is neither a level (off, error, warn, info, debug, trace) nor target=level {HINT}"
                     ));
@@ -126,11 +132,20 @@ mod tests {
             ("SKB_DROP_REASON_FRAG_REASM_TIMEOUT".into(), 40),
         ]);
         assert_eq!(
-            check_reasons_in(&["no_socket".into(), "SKB_DROP_REASON_FRAG_REASM_TIMEOUT".into()], &r),
+            check_reasons_in(
+                &[
+                    "no_socket".into(),
+                    "SKB_DROP_REASON_FRAG_REASM_TIMEOUT".into()
+                ],
+                &r
+            ),
             Ok(vec!["NO_SOCKET".into(), "FRAG_REASM_TIMEOUT".into()])
         );
         let e = check_reasons_in(&["NOPE".into()], &r).unwrap_err();
-        assert!(e.contains("--reason NOPE") && e.contains("NO_SOCKET, FRAG_REASM_TIMEOUT"), "{e}");
+        assert!(
+            e.contains("--reason NOPE") && e.contains("NO_SOCKET, FRAG_REASM_TIMEOUT"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -149,7 +164,10 @@ mod tests {
         assert!(log_filter(Some("fathom=debug,warn")).is_ok());
         assert!(log_filter(Some("debug")).is_ok());
         let e = log_filter(Some("garbage")).unwrap_err();
-        assert!(e.starts_with("FATHOM_LOG=garbage: \"garbage\" is neither"), "{e}");
+        assert!(
+            e.starts_with("FATHOM_LOG=garbage: \"garbage\" is neither"),
+            "{e}"
+        );
         let e = log_filter(Some("fathom=loud")).unwrap_err();
         assert!(e.starts_with("FATHOM_LOG=fathom=loud: "), "{e}");
     }

@@ -181,7 +181,10 @@ fn reason_must_be_a_drop_reason_of_the_running_kernel() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("NO_SOCKET") && err.contains("NOT_SPECIFIED"), "{err}");
+    assert!(
+        err.contains("NO_SOCKET") && err.contains("NOT_SPECIFIED"),
+        "{err}"
+    );
 }
 
 #[test]

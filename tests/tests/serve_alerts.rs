@@ -147,7 +147,10 @@ fn a_new_pods_first_oom_kills_fire_the_alert_and_increase_equals_the_kernels_cou
         Some("0"),
         "the series starts at 0: {samples:?}"
     );
-    assert_eq!(inc, kernel, "increase() = memory.events oom_kill; samples {samples:?}");
+    assert_eq!(
+        inc, kernel,
+        "increase() = memory.events oom_kill; samples {samples:?}"
+    );
     wait_firing(&prom, "FathomOOMKillsRepeated", "pod", &uid);
 }
 
@@ -159,7 +162,13 @@ fn overflow_burst(ns: &NetNs, datagrams: usize) -> u64 {
     ns.sysctl("net.ipv4.ipfrag_low_thresh", "0");
     ns.sysctl("net.ipv4.ipfrag_high_thresh", "1024");
     let before = ns.snmp().get("Ip.ReasmFails").copied().unwrap_or(0);
-    udp_send(ns, "127.0.0.1:5000", 3000, datagrams, Some(libc::IP_PMTUDISC_DONT));
+    udp_send(
+        ns,
+        "127.0.0.1:5000",
+        3000,
+        datagrams,
+        Some(libc::IP_PMTUDISC_DONT),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let after = ns.snmp().get("Ip.ReasmFails").copied().unwrap_or(0);
     after - before
@@ -185,7 +194,10 @@ fn a_namespaces_first_overflow_burst_fires_the_alert_old_and_new_namespaces() {
         let t = sample_reaching(&prom, &sel, kernel as f64);
         let (inc, samples) = increase_at(&prom, &sel, t);
         assert_eq!(samples.first().and_then(|s| s[1].as_str()), Some("0"));
-        assert_eq!(inc, kernel as f64, "increase() = ReasmFails delta; {samples:?}");
+        assert_eq!(
+            inc, kernel as f64,
+            "increase() = ReasmFails delta; {samples:?}"
+        );
         wait_firing(&prom, "FathomReassemblyQueueOverflow", "netns", &inode);
     }
 }

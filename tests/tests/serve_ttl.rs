@@ -33,7 +33,11 @@ fn oom_in(ctr: &RuncContainer) {
 
 /// The pod's series value at this scrape.
 fn kills(fathom: &FathomServe, uid: &str) -> Option<f64> {
-    value_of(&fathom.samples(), OOM_KILLS, &[("pod", uid)])
+    value_of(
+        &fathom.samples(),
+        OOM_KILLS,
+        &[("pod", uid), ("scope", "container")],
+    )
 }
 
 fn wait_value(fathom: &FathomServe, uid: &str, want: f64) {
@@ -68,9 +72,17 @@ fn a_gone_pods_series_expires_after_the_ttl_while_a_live_pod_keeps_counting() {
     while Instant::now() < deadline {
         let at = Instant::now();
         let samples = fathom.samples();
-        let a = value_of(&samples, OOM_KILLS, &[("pod", uid_a.as_str())]);
-        let b = value_of(&samples, OOM_KILLS, &[("pod", uid_b.as_str())])
-            .unwrap_or_else(|| panic!("the live pod's series vanished at {:?}", at - gone));
+        let a = value_of(
+            &samples,
+            OOM_KILLS,
+            &[("pod", uid_a.as_str()), ("scope", "container")],
+        );
+        let b = value_of(
+            &samples,
+            OOM_KILLS,
+            &[("pod", uid_b.as_str()), ("scope", "container")],
+        )
+        .unwrap_or_else(|| panic!("the live pod's series vanished at {:?}", at - gone));
         assert!(
             b >= b_last,
             "counter of the live pod went back: {b_last} → {b}"

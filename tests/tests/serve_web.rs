@@ -4,13 +4,7 @@
 //! - thousands of idle and half-request connections: a new client still gets `/metrics`,
 //!   fathom's descriptors and RSS stay bounded and it logs no error.
 
-use std::{
-    io::Write as _,
-    net::TcpStream,
-    path::PathBuf,
-    process::Command,
-    time::Duration,
-};
+use std::{io::Write as _, net::TcpStream, path::PathBuf, process::Command, time::Duration};
 
 use fathom_tests::{
     TempDir,
@@ -33,9 +27,19 @@ impl WebDir {
         let dir = TempDir::new("fathom-web-").unwrap();
         let out = Command::new("openssl")
             .args([
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-days", "1", "-subj", "/CN=fathom",
-                "-addext", "subjectAltName=DNS:fathom,IP:127.0.0.1",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=fathom",
+                "-addext",
+                "subjectAltName=DNS:fathom,IP:127.0.0.1",
                 "-keyout",
             ])
             .arg(dir.path().join("tls.key"))
@@ -43,7 +47,11 @@ impl WebDir {
             .arg(dir.path().join("tls.crt"))
             .output()
             .expect("openssl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut cfg = String::new();
         if tls {
             // Relative paths: relative to the config file, as the exporter toolkit reads them.
@@ -69,7 +77,15 @@ impl WebDir {
 /// `curl -s -o /dev/null -w %{http_code}` with extra args; "000" when no HTTP answer came.
 fn curl_status(args: &[&str]) -> String {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
         .args(args)
         .output()
         .expect("curl");
@@ -82,7 +98,11 @@ fn curl_body(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("curl");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -99,7 +119,11 @@ fn tls_and_basic_auth_from_the_web_config_with_curl_and_prometheus() {
 
     let body = curl_body(&["--cacert", ca, "-u", &creds, &url]);
     assert!(body.contains("fathom_build_info"), "{body}");
-    assert_eq!(curl_status(&["--cacert", ca, &url]), "401", "no credentials");
+    assert_eq!(
+        curl_status(&["--cacert", ca, &url]),
+        "401",
+        "no credentials"
+    );
     assert_eq!(
         curl_status(&["--cacert", ca, "-u", &format!("{USER}:wrong"), &url]),
         "401",
@@ -153,7 +177,9 @@ fn a_bad_web_config_is_one_line_and_exit_2() {
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -167,7 +193,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Raises our own descriptor limit so the flood can be made.
 fn raise_own_nofile() -> u64 {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
         l.rlim_cur = l.rlim_max;
@@ -182,7 +211,10 @@ fn thousands_of_idle_and_slow_connections_cannot_silence_it() {
     const CAP: usize = 64;
     let limit = raise_own_nofile();
     let flood = 3000.min((limit as usize).saturating_sub(200));
-    assert!(flood >= 1000, "descriptor limit {limit} too low for the flood");
+    assert!(
+        flood >= 1000,
+        "descriptor limit {limit} too low for the flood"
+    );
     let cap = CAP.to_string();
     let mut fathom = FathomServe::start(&["--web.max-connections", &cap]);
     let (pid, addr) = (fathom.pid(), fathom.addr());
@@ -200,7 +232,11 @@ fn thousands_of_idle_and_slow_connections_cannot_silence_it() {
         }
         conns.push(c);
     }
-    assert!(conns.len() >= flood / 2, "only {} connections made", conns.len());
+    assert!(
+        conns.len() >= flood / 2,
+        "only {} connections made",
+        conns.len()
+    );
     // A new client gets its answer, several times, while the flood holds its sockets.
     for _ in 0..5 {
         let r = http_get(addr, "/metrics", &[], Duration::from_secs(10))
@@ -228,4 +264,3 @@ fn thousands_of_idle_and_slow_connections_cannot_silence_it() {
         "{stderr}"
     );
 }
-

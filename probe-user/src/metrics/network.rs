@@ -298,6 +298,7 @@ impl State {
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
         listed: &ListedNetns,
+        now: Instant,
     ) -> Vec<u32> {
         if !listed.scanned() {
             return Vec::new();
@@ -308,12 +309,22 @@ impl State {
             .map(|k| k.netns)
             .chain(ifs.keys().map(|k| k.netns))
             .collect();
-        let gone: Vec<u32> = self
+        let mut gone: Vec<u32> = self
             .ever_listed
             .iter()
             .copied()
             .filter(|ns| !listed.lists(*ns))
             .collect();
+        // A namespace that lived less than one topology rescan was never listed: once its
+        // counts are exported and it stays unlisted for twice the naming grace, it is gone.
+        gone.extend(self.first_seen.iter().filter_map(|(ns, (first, ready))| {
+            (*ready
+                && *ns != 0
+                && !listed.lists(*ns)
+                && !self.ever_listed.contains(ns)
+                && now.saturating_duration_since(*first) >= 2 * NAMING_GRACE)
+                .then_some(*ns)
+        }));
         for ns in &gone {
             self.ever_listed.remove(ns);
         }
@@ -337,9 +348,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((ns, cause), v) in self.reasm
-            .store_mut()
-            .scrape(self.reasm_zeros.clone()) {
+        for ((ns, cause), v) in self.reasm.store_mut().scrape(self.reasm_zeros.clone()) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
         }
@@ -451,7 +460,7 @@ impl NetworkSeries {
             }
         }
         state.reasm_zeros = zeros;
-        state.gone_with_keys(drops, ifs, &listed)
+        state.gone_with_keys(drops, ifs, &listed, now)
     }
 }
 
@@ -517,7 +526,9 @@ impl Collector for NetworkCounters {
                         .with_ebpf_mut(|ebpf| net_counters::forget_netns(ebpf, ns))
                     {
                         Ok(n) => debug!(netns = ns, keys = n, "gone namespace's keys deleted"),
-                        Err(e) => warn!(netns = ns, error = %e, "cannot delete a gone namespace's keys"),
+                        Err(e) => {
+                            warn!(netns = ns, error = %e, "cannot delete a gone namespace's keys")
+                        }
                     }
                 }
             }

@@ -171,7 +171,10 @@ mod tests {
         registry.register_collector(Box::new(oom));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("cgroup=\"/a/b\",scope=\"cgroup\"} 0\n"), "{text}");
+        assert!(
+            text.contains("cgroup=\"/a/b\",scope=\"cgroup\"} 0\n"),
+            "{text}"
+        );
         text.clear();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         assert!(

@@ -262,7 +262,10 @@ mod tests {
         assert_eq!(s.scrape(["known"]), vec![("known", 1), ("new", 0)]);
         assert_eq!(s.scrape(["known"]), vec![("known", 1), ("new", 2)]);
         // A zero series whose workload is no longer known is no longer exported.
-        assert_eq!(s.scrape(["other"]), vec![("known", 1), ("new", 2), ("other", 0)]);
+        assert_eq!(
+            s.scrape(["other"]),
+            vec![("known", 1), ("new", 2), ("other", 0)]
+        );
         assert_eq!(s.scrape([]), vec![("known", 1), ("new", 2)]);
     }
 

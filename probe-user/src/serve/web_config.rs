@@ -164,14 +164,12 @@ fn tls_config(t: TlsFile, base: &Path) -> Result<rustls::ServerConfig, String> {
         )),
     };
     let (min, max) = (version(&t.min_version, 12)?, version(&t.max_version, 13)?);
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-        (12, &rustls::version::TLS12),
-        (13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (min..=max).contains(v))
-    .map(|(_, p)| p)
-    .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect();
     if versions.is_empty() {
         return Err("min_version is above max_version".into());
     }
@@ -205,8 +203,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.users.get("prom"), Some(&hash));
-        let e = WebConfig::parse("basic_auth_users:\n  prom: secret\n", Path::new("."))
-            .unwrap_err();
+        let e =
+            WebConfig::parse("basic_auth_users:\n  prom: secret\n", Path::new(".")).unwrap_err();
         assert!(e.contains("not a bcrypt hash"), "{e}");
     }
 
@@ -220,8 +218,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("client_auth_type"), "{e}");
-        let e = WebConfig::parse("tls_server_config:\n  cert_file: a\n", Path::new("."))
-            .unwrap_err();
+        let e =
+            WebConfig::parse("tls_server_config:\n  cert_file: a\n", Path::new(".")).unwrap_err();
         assert!(e.contains("both cert_file and key_file"), "{e}");
         let e = WebConfig::parse(
             "tls_server_config:\n  cert_file: /nonexistent/a.crt\n  key_file: b\n",
