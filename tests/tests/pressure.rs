@@ -376,3 +376,17 @@ fn runc_containers_show_their_pressure_and_one_below_its_limit_shows_zero() {
     drop(thrasher);
     drop(calm);
 }
+
+#[test]
+fn a_bad_stall_threshold_is_one_line_and_exit_code_2() {
+    for bad in ["0", "-5%", "fast", "100xs/s"] {
+        let out = Command::new(fathom_tests::fathom_bin())
+            .args(["capture", &format!("--stall-threshold={bad}")])
+            .output()
+            .expect("running fathom");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--stall-threshold"), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+}
