@@ -277,8 +277,10 @@ impl Swarm {
             tasks: Vec::new(),
         };
         let mut last = String::new();
-        let ok = crate::wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
-            match svc.find_tasks(net) {
+        let ok = crate::wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || match svc.find_tasks(net) {
                 Ok(t) if t.len() == 2 => {
                     svc.tasks = t;
                     true
@@ -291,14 +293,17 @@ impl Swarm {
                     last = format!("{e:#}");
                     false
                 }
-            }
-        });
+            },
+        );
         if !ok {
             let ps = self
                 .a
                 .docker_ok(&["service", "ps", "--no-trunc", &svc.name])
                 .unwrap_or_default();
-            bail!("service {} never ran on both nodes ({last}):\n{ps}", svc.name);
+            bail!(
+                "service {} never ran on both nodes ({last}):\n{ps}",
+                svc.name
+            );
         }
         Ok(svc)
     }
