@@ -46,7 +46,7 @@ use self::{
 };
 pub use self::{
     filter::WorkloadFilter,
-    workload::{ContainerInfo, ContainerMeta, PodInfo, Workload},
+    workload::{ComposeInfo, ContainerInfo, ContainerMeta, NetworkInfo, PodInfo, SwarmInfo, Workload},
 };
 use crate::{
     cgroup::Hierarchies,
@@ -69,6 +69,9 @@ pub struct AttributionConfig {
     pub containerd_socket: Option<PathBuf>,
     /// Docker Engine API socket; `None` disables Docker lookups.
     pub docker_socket: Option<PathBuf>,
+    /// Further dockerd sockets (several daemons on one host, e.g. Swarm nodes in network
+    /// namespaces); each is asked like the first.
+    pub more_docker_sockets: Vec<PathBuf>,
     /// CRI-O's socket; `None` disables CRI-O lookups.
     pub crio_socket: Option<PathBuf>,
     /// containerd namespaces searched first (after one the cgroup path names); the others the
@@ -110,6 +113,7 @@ impl Default for AttributionConfig {
         AttributionConfig {
             containerd_socket: Some("/run/containerd/containerd.sock".into()),
             docker_socket: Some("/var/run/docker.sock".into()),
+            more_docker_sockets: Vec::new(),
             crio_socket: Some("/run/crio/crio.sock".into()),
             containerd_namespaces: vec!["k8s.io".into()],
             containerd_skip_namespaces: vec!["moby".into()],
@@ -221,7 +225,12 @@ impl Attributor {
                 )
             }),
             cfg.crio_socket.clone().map(CrioClient::new),
-            cfg.docker_socket.clone().map(DockerClient::new),
+            cfg.docker_socket
+                .iter()
+                .chain(&cfg.more_docker_sockets)
+                .cloned()
+                .map(DockerClient::new)
+                .collect(),
             cfg.lookup_timeout,
         );
         let handle = Handle::try_current().ok();

@@ -227,6 +227,7 @@ pub(crate) mod tests {
                 namespace: namespace.map(Into::into),
                 qos: None,
             }),
+            network: None,
         }
     }
 
