@@ -185,6 +185,11 @@ struct Inner {
     meta: MetaCache,
     pods: Mutex<LruCache<String, PodNames>>,
     netns: RwLock<std::collections::HashMap<u32, NetnsOwner>>,
+    /// Namespaces of Docker networks (overlay namespaces), from the last scan.
+    networks: RwLock<std::collections::HashMap<u32, NetworkInfo>>,
+    /// Network id prefix → what the dockerd sockets said, and when (misses are asked again
+    /// after `not_found_ttl`). Bounded like the netns index.
+    network_answers: Mutex<LruCache<String, (Option<NetworkInfo>, Instant)>>,
     lookup_slots: Arc<Semaphore>,
     pending: AtomicUsize,
     scan_wanted: tokio::sync::Notify,
@@ -250,6 +255,10 @@ impl Attributor {
                 NonZeroUsize::new(cfg.max_pods.max(1)).expect("nonzero"),
             )),
             netns: RwLock::new(Default::default()),
+            networks: RwLock::new(Default::default()),
+            network_answers: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cfg.max_netns.max(1)).expect("nonzero"),
+            )),
             lookup_slots: Arc::new(Semaphore::new(cfg.max_concurrent_lookups.max(1))),
             pending: AtomicUsize::new(0),
             scan_wanted: tokio::sync::Notify::new(),
@@ -368,6 +377,19 @@ impl Attributor {
             .get(&netns_inode)
             .cloned();
         let Some(owner) = owner else {
+            let network = self
+                .inner
+                .networks
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&netns_inode)
+                .cloned();
+            if let Some(n) = network {
+                return Some(Workload {
+                    network: Some(n),
+                    ..Default::default()
+                });
+            }
             self.inner.scan_wanted.notify_one();
             return None;
         };
@@ -582,11 +604,39 @@ async fn scan_once(inner: &Arc<Inner>) {
                 "netns scan"
             );
             *inner.netns.write().unwrap_or_else(|p| p.into_inner()) = s.owners;
+            let networks = docker_networks(inner, s.networks).await;
+            *inner.networks.write().unwrap_or_else(|p| p.into_inner()) = networks;
         }
         Ok(None) => {}
         Err(e) => warn!(error = %e, "netns scan task failed"),
     }
     inner.scan_done.send_modify(|n| *n += 1);
+}
+
+/// Names the namespaces of Docker networks (inode → network id prefix) by asking the dockerd
+/// sockets, with answers cached per prefix.
+async fn docker_networks(
+    inner: &Arc<Inner>,
+    prefixes: std::collections::HashMap<u32, String>,
+) -> std::collections::HashMap<u32, NetworkInfo> {
+    let mut out = std::collections::HashMap::new();
+    for (ns, prefix) in prefixes {
+        let cached = lock(&inner.network_answers).get(&prefix).cloned();
+        let answer = match cached {
+            Some((Some(n), _)) => Some(n),
+            Some((None, at)) if at.elapsed() < inner.cfg.not_found_ttl => None,
+            _ => {
+                let n = inner.runtimes.docker_network(&prefix).await;
+                debug!(prefix, network = ?n, "docker network lookup");
+                lock(&inner.network_answers).put(prefix, (n.clone(), Instant::now()));
+                n
+            }
+        };
+        if let Some(n) = answer {
+            out.insert(ns, n);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -132,6 +132,19 @@ impl Runtimes {
         }
     }
 
+    /// The Docker network with this id prefix, from the first dockerd that has one.
+    pub(crate) async fn docker_network(&self, prefix: &str) -> Option<super::NetworkInfo> {
+        for c in &self.docker {
+            match tokio::time::timeout(self.timeout, c.network(prefix)).await {
+                Ok(Ok(Some(n))) => return Some(n),
+                Ok(Ok(None)) | Ok(Err(RuntimeError::NoSocket(_))) => {}
+                Ok(Err(e)) => debug!(prefix, error = %e, "docker network lookup failed"),
+                Err(_) => debug!(prefix, "docker network lookup timed out"),
+            }
+        }
+        None
+    }
+
     async fn bounded(
         &self,
         f: impl Future<Output = Result<Option<ContainerMeta>, RuntimeError>>,
