@@ -46,7 +46,9 @@ use self::{
 };
 pub use self::{
     filter::WorkloadFilter,
-    workload::{ComposeInfo, ContainerInfo, ContainerMeta, NetworkInfo, PodInfo, SwarmInfo, Workload},
+    workload::{
+        ComposeInfo, ContainerInfo, ContainerMeta, NetworkInfo, PodInfo, SwarmInfo, Workload,
+    },
 };
 use crate::{
     cgroup::Hierarchies,

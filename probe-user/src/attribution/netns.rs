@@ -238,7 +238,11 @@ mod tests {
         assert_eq!(p("/run/docker/netns/1-dolsmd8pb0"), Some("dolsmd8pb0"));
         assert_eq!(p("/tmp/d/run-b/netns/1-abcdef1234"), Some("abcdef1234"));
         assert_eq!(p("/run/docker/netns/ingress_sbox"), None);
-        assert_eq!(p("/run/docker/netns/5f3d4aef6cfc"), None, "a container sandbox");
+        assert_eq!(
+            p("/run/docker/netns/5f3d4aef6cfc"),
+            None,
+            "a container sandbox"
+        );
         assert_eq!(p("/run/netns/1-abcdef1234"), Some("abcdef1234"));
         assert_eq!(p("/elsewhere/1-abcdef1234"), None);
     }

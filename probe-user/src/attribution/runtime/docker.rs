@@ -72,11 +72,14 @@ impl DockerClient {
     pub(crate) async fn network(&self, prefix: &str) -> Result<Option<NetworkInfo>, RuntimeError> {
         let d = self.client().await?;
         match d.inspect_network(prefix, None).await {
-            Ok(n) => Ok(n.id.filter(|id| id.starts_with(prefix)).map(|id| NetworkInfo {
-                id,
-                name: n.name,
-                driver: n.driver,
-            })),
+            Ok(n) => Ok(n
+                .id
+                .filter(|id| id.starts_with(prefix))
+                .map(|id| NetworkInfo {
+                    id,
+                    name: n.name,
+                    driver: n.driver,
+                })),
             Err(Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
