@@ -341,26 +341,32 @@ pub struct OverlayNet<'s> {
 }
 
 impl OverlayNet<'_> {
-    /// The network's VXLAN device on `node` (`vx-<vni hex>-<id prefix>`, libnetwork's name)
-    /// and its VNI, read in the node's overlay namespace.
+    /// The network's VXLAN device on `node` and its VNI, read in the node's overlay
+    /// namespace (libnetwork creates it as `vx-<vni hex>-<id prefix>` in the node's namespace
+    /// and renames it `vxlan0` when it moves it into the overlay namespace).
     pub fn vxlan_on(&self, node: &SwarmNode) -> Result<(String, u32)> {
         let ns = node.overlay_netns_path(self);
         let o = run_checked(
             Command::new("nsenter")
                 .arg(format!("--net={}", ns.display()))
-                .args(["ip", "-o", "link", "show", "type", "vxlan"]),
+                .args(["ip", "-d", "-o", "link", "show", "type", "vxlan"]),
         )?;
         let text = String::from_utf8_lossy(&o.stdout);
-        let dev = text
+        let line = text
             .lines()
-            .find_map(|l| l.split(": ").nth(1))
+            .next()
+            .with_context(|| format!("no vxlan device in {}", ns.display()))?;
+        let dev = line
+            .split(": ")
+            .nth(1)
             .map(|d| d.split('@').next().unwrap_or(d).to_string())
-            .with_context(|| format!("no vxlan device in {}: {text}", ns.display()))?;
-        let vni = dev
-            .strip_prefix("vx-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .with_context(|| format!("VNI from {dev}"))?;
+            .with_context(|| format!("device name in {line}"))?;
+        let vni = line
+            .split_whitespace()
+            .skip_while(|w| *w != "id")
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("VNI in {line}"))?;
         Ok((dev, vni))
     }
 }
