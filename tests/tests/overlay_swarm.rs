@@ -24,6 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fathom_tests::{
+    FathomCapture,
     netns::parse_snmp,
     require_root, run_checked,
     serve::{FathomServe, Sample, find},
@@ -209,8 +210,9 @@ fn check_names_and_verdict(
     net: &OverlayNet<'_>,
     svc: &Service<'_>,
     vxlan_mtu: f64,
-    mismatched: bool,
 ) {
+    // The underlay is 1500: a VXLAN MTU above 1450 does not fit.
+    let mismatched = vxlan_mtu + 50.0 > 1500.0;
     for node in [&s.a, &s.b] {
         let ovl = inode(&node.overlay_netns_path(net));
         let (dev, _vni) = net.vxlan_on(node).expect("the overlay's VXLAN device");
@@ -370,6 +372,18 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
         "--crio-socket",
         "",
     ]);
+    // Events as `fathom capture` prints them, from the same daemons.
+    let mut capture = FathomCapture::start(&[
+        "--docker-socket",
+        &sa,
+        "--docker-socket",
+        &sb,
+        "--containerd-socket",
+        "",
+        "--crio-socket",
+        "",
+    ]);
+    capture.wait_ready(Duration::from_secs(60));
     let mut c = Checks::default();
     const N: usize = 100;
 
@@ -378,7 +392,7 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
         let net = s.overlay(None);
         let svc = s.global_service(&net);
         warm_up(&svc, &s);
-        check_names_and_verdict(&mut c, "matched", &fathom, &s, &net, &svc, 1450.0, false);
+        check_names_and_verdict(&mut c, "matched", &fathom, &s, &net, &svc, 1450.0);
         let nss = namespaces(&s, &net, &svc);
         let before = counts(&fathom, &nss);
         let ov0 = oversize(&fathom.samples(), &s, &net);
@@ -417,7 +431,7 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
         let net = s.overlay(Some(1550));
         let svc = s.global_service(&net);
         warm_up(&svc, &s);
-        check_names_and_verdict(&mut c, "mismatched", &fathom, &s, &net, &svc, 1500.0, true);
+        check_names_and_verdict(&mut c, "mismatched", &fathom, &s, &net, &svc, 1500.0);
         let nss = namespaces(&s, &net, &svc);
 
         // Both directions with healthy queues: every datagram arrives; each carries two
@@ -533,7 +547,48 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
                 }),
             format!("{:?}", named.iter().map(|m| &m.labels).collect::<Vec<_>>()),
         );
+
+        // The same names on events.
+        let ino: u64 = ino.parse().unwrap();
+        let ovl: Vec<u64> = [&s.a, &s.b]
+            .map(|n| inode(&n.overlay_netns_path(&net)).parse().unwrap())
+            .to_vec();
+        capture.collect_for(Duration::from_secs(2));
+        let events = capture.history();
+        let ctr_events: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["netns"].as_u64() == Some(ino))
+            .collect();
+        c.check(
+            "swarm",
+            "container A overflow: its events carry the container name and Swarm service/task/node",
+            !ctr_events.is_empty()
+                && ctr_events.iter().all(|e| {
+                    e["container"]["name"] == task.container_name.as_str()
+                        && e["container"]["swarm"]["service"] == svc.name.as_str()
+                        && e["container"]["swarm"]["task"] == task.task_name.as_str()
+                        && e["container"]["swarm"]["node_id"] == s.a.node_id.as_str()
+                }),
+            format!(
+                "{} events, first: {:?}",
+                ctr_events.len(),
+                ctr_events.first().map(|e| (&e["kind"], &e["container"]))
+            ),
+        );
+        let mismatch: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "mtu_mismatch")
+            .filter(|e| e["netns"].as_u64().is_some_and(|n| ovl.contains(&n)))
+            .collect();
+        c.check(
+            "vxlan",
+            "mismatched: an mtu_mismatch event for each node's overlay namespace, naming the network",
+            mismatch.len() >= 2
+                && mismatch.iter().all(|e| e["network"]["name"] == net.name.as_str()),
+            format!("{:?}", mismatch.iter().map(|e| (&e["netns"], &e["network"])).collect::<Vec<_>>()),
+        );
     }
+    capture.stop();
 
     eprintln!("CHECKS: {} passed, {} failed", c.passed, c.failed.len());
     assert!(
