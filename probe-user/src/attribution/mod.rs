@@ -605,7 +605,18 @@ async fn scan_once(inner: &Arc<Inner>) {
                 ambiguous = s.ambiguous,
                 "netns scan"
             );
+            // Ask the runtimes about every owner now, so a namespace's first events and series
+            // already carry names (lookups are bounded by `max_pending_lookups`; cached ones
+            // cost nothing).
+            let paths: Vec<String> = s.owners.values().map(|o| o.path.clone()).collect();
             *inner.netns.write().unwrap_or_else(|p| p.into_inner()) = s.owners;
+            let a = Attributor {
+                inner: inner.clone(),
+            };
+            for p in &paths {
+                a.by_cgroup_path(p);
+            }
+            drop(a);
             let networks = docker_networks(inner, s.networks).await;
             *inner.networks.write().unwrap_or_else(|p| p.into_inner()) = networks;
         }
