@@ -148,7 +148,13 @@ fn a_namespace_deleted_right_after_its_drops_shows_them_then_expires() {
     ns.sysctl("net.ipv4.ipfrag_low_thresh", "0");
     ns.sysctl("net.ipv4.ipfrag_high_thresh", "1024");
     let before = ns.snmp().get("Ip.ReasmFails").copied().unwrap_or(0);
-    udp_send(&ns, "127.0.0.1:5000", 3000, 300, Some(libc::IP_PMTUDISC_DONT));
+    udp_send(
+        &ns,
+        "127.0.0.1:5000",
+        3000,
+        300,
+        Some(libc::IP_PMTUDISC_DONT),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let burst = (ns.snmp().get("Ip.ReasmFails").copied().unwrap_or(0) - before) as f64;
     assert!(burst >= 300.0, "ReasmFails rose by {burst}");
