@@ -86,6 +86,8 @@ pub fn pods_phase(
         bytes: body.len(),
         series: pod_series(&body, &tree.uid_prefix),
     });
+    // With the pods' series in place: RSS and scrapes under a connection flood.
+    r.conn_flood = Some(super::conn_flood::measure(&d)?);
     let stopped = d.stop()?;
     r.startup.serve_stop.push(stopped.took);
     drop(tree);
