@@ -62,14 +62,12 @@ fn sample_reaching(prom: &PrometheusServer, selector: &str, want: f64) -> f64 {
     });
     assert!(ok, "{selector} never reached {want}: {seen}");
     // The instant query's time is "now"; the sample's own timestamp is what we need.
-    let t = prom
-        .query(&format!("timestamp({selector})"))
+    prom.query(&format!("timestamp({selector})"))
         .unwrap()
         .first()
         .and_then(|v| v["value"][1].as_str().and_then(|s| s.parse::<f64>().ok()))
         .or(ts)
-        .expect("a timestamp");
-    t
+        .expect("a timestamp")
 }
 
 /// `increase(selector[5m])` at time `t`, and the series' samples in that window.

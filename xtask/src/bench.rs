@@ -32,6 +32,7 @@
 
 mod accounting;
 mod bpf;
+mod conn_flood;
 mod cost;
 mod fathom;
 mod flood;

@@ -54,7 +54,8 @@ pub fn pods_phase(
     p.kill_s = kills.elapsed.as_secs_f64();
     let waited = Instant::now();
     loop {
-        p.series = pod_series(&d.metrics()?, &tree.uid_prefix);
+        // Counted kills only: every container also has zero series from the start.
+        p.series = counted_pod_series(&d.metrics()?, &tree.uid_prefix);
         if p.series >= kills.kernel_oom_kills || waited.elapsed() >= SERIES_WAIT {
             break;
         }
@@ -85,6 +86,8 @@ pub fn pods_phase(
         bytes: body.len(),
         series: pod_series(&body, &tree.uid_prefix),
     });
+    // With the pods' series in place: RSS and scrapes under a connection flood.
+    r.conn_flood = Some(super::conn_flood::measure(&d)?);
     let stopped = d.stop()?;
     r.startup.serve_stop.push(stopped.took);
     drop(tree);
@@ -118,7 +121,23 @@ fn idle(pid: i32, secs: Duration) -> Result<Idle> {
     })
 }
 
-/// Series of `fathom_oom_kills_total` whose pod label is one of the bench's pods.
+/// Series of `fathom_oom_kills_total` of the bench's pods that have counted a kill (not the
+/// zero series every container has from the first scrape on).
+pub fn counted_pod_series(exposition: &str, uid_prefix: &str) -> u64 {
+    let ours = format!("pod=\"{uid_prefix}");
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(OOM_FAMILY)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && l.contains(&ours)
+                && !l.ends_with(" 0")
+        })
+        .count() as u64
+}
+
+/// Series of `fathom_oom_kills_total` whose pod label is one of the bench's pods (with the
+/// zero series: 2 per container).
 pub fn pod_series(exposition: &str, uid_prefix: &str) -> u64 {
     let ours = format!("pod=\"{uid_prefix}");
     exposition
@@ -144,5 +163,10 @@ fathom_oom_kills_total{cgroup=\"\",container=\"b\",namespace=\"\",pod=\"other\",
 fathom_oom_kills_created{pod=\"fb00002a-x\"} 1
 ";
         assert_eq!(pod_series(text, "fb00002a"), 1);
+        let zero = format!(
+            "{text}fathom_oom_kills_total{{cgroup=\"\",container=\"a\",namespace=\"\",pod=\"fb00002a-0000-4000-8000-000000000001\",scope=\"pod\"}} 0\n"
+        );
+        assert_eq!(pod_series(&zero, "fb00002a"), 2);
+        assert_eq!(counted_pod_series(&zero, "fb00002a"), 1);
     }
 }

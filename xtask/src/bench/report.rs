@@ -136,6 +136,8 @@ pub struct Results {
     pub idle: Option<Idle>,
     pub pods: Option<Pods>,
     pub scrape: Option<Scrape>,
+    /// `fathom serve` under a flood of idle and half-request connections.
+    pub conn_flood: Option<super::conn_flood::ConnFlood>,
     pub startup: Startup,
     /// The flood daemon's closing line `fathom: N events, M lost` (its whole life).
     pub closing_line: Option<(u64, u64)>,
@@ -613,6 +615,7 @@ impl Results {
                 "kernel_oom_kills": p.kernel_oom_kills,
                 "kill_s": p.kill_s, "series": p.series, "series_wait_s": p.series_wait_s,
             })),
+            "connection_flood": self.conn_flood.as_ref().map(|c| c.to_json()),
             "startup_ms": median(&self.startup.serve_ready).map(ms),
             "startup": {
                 "serve_ready_ms": durations(&self.startup.serve_ready),
