@@ -7,9 +7,13 @@
 //!   ReasmTimeout / ReasmFails);
 //! - `fathom_ip_fragments_total{namespace,pod,netns,device,direction}` (`IF_COUNTS`);
 //! - `fathom_vxlan_packets_total{netns,device,vni,direction}`,
-//!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`IF_COUNTS` of the devices in
-//!   `VXLAN_DEVS`) and `fathom_vxlan_drops_total{netns,device,vni,reason}` (`DROPS` on a VXLAN
-//!   device or with a VXLAN reason).
+//!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`VXLAN_COUNTS` of the tc
+//!   programs on VXLAN devices: the packet's own VNI — the tunnel key's on `external`
+//!   devices —, oversize against the path MTU of the packet's own remote) and
+//!   `fathom_vxlan_drops_total{netns,device,vni,reason}` (`DROPS` on a VXLAN device or with a
+//!   VXLAN reason). At most [`VNI_CAP`] VNIs per device get their own series (the first
+//!   seen); later ones share `vni="other"` and are counted in
+//!   `fathom_vxlan_vni_folded_packets_total{netns,device}`.
 //!
 //! Both maps are read once per scrape, each kernel key is labelled (namespace owner from
 //! [`NetnsOwners`], device names and VNIs from the topology snapshot, else `if<index>`) and fed
@@ -32,7 +36,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::{Counter, DIRECTION_TX, DropKey, IfCounters, IfKey};
+use probe_common::{
+    Counter, DIRECTION_TX, DropKey, IfCounters, IfKey, VxlanCountKey, VxlanCounters,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -53,6 +59,12 @@ use crate::{
     netreport::{NetInterpreter, counts_as_failure},
     pipeline::Kernel,
 };
+
+/// VNIs per VXLAN device with a series of their own; the rest are folded into `vni="other"`.
+pub const VNI_CAP: usize = 64;
+
+/// The `vni` label of folded VNIs.
+pub const VNI_OTHER: &str = "other";
 
 /// Longest the counts of a newly seen namespace wait for its final labels (two topology
 /// rescans and a runtime lookup).
@@ -92,9 +104,33 @@ struct Readings {
     drops: Vec<Reading<DropKey, DropSeries>>,
     reasm: Vec<Reading<DropKey, ReasmSeries>>,
     fragments: Vec<Reading<IfKey, FragmentSeries>>,
-    vxlan_packets: Vec<Reading<IfKey, VxlanPacketSeries>>,
-    vxlan_oversize: Vec<Reading<IfKey, VxlanLabels>>,
+    vxlan_packets: Vec<Reading<VxlanCountKey, VxlanPacketSeries>>,
+    vxlan_oversize: Vec<Reading<VxlanCountKey, VxlanLabels>>,
     vxlan_drops: Vec<Reading<DropKey, VxlanDropSeries>>,
+    vxlan_folded: Vec<Reading<VxlanCountKey, VxlanLabels>>,
+}
+
+/// Which VNIs of each device have a series of their own (see [`VNI_CAP`]).
+#[derive(Debug, Default)]
+struct VniSlots(HashMap<(u32, u32), HashSet<u32>>);
+
+impl VniSlots {
+    /// Whether `vni` of device (netns, ifindex) keeps its own label; claims a slot if free.
+    fn own(&mut self, netns: u32, ifindex: u32, vni: u32) -> bool {
+        let set = self.0.entry((netns, ifindex)).or_default();
+        if set.contains(&vni) {
+            return true;
+        }
+        if set.len() < VNI_CAP {
+            set.insert(vni);
+            return true;
+        }
+        false
+    }
+
+    fn retain(&mut self, present: &HashSet<(u32, u32)>) {
+        self.0.retain(|k, _| present.contains(k));
+    }
 }
 
 fn direction(k: &IfKey) -> &'static str {
@@ -128,15 +164,54 @@ fn vxlan_labels(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -
 }
 
 /// Labels every kernel key of one snapshot of the maps whose namespace is `ready`.
+#[allow(clippy::too_many_arguments)]
 fn readings(
     interpreter: &NetInterpreter,
     drops: &HashMap<DropKey, Counter>,
     ifs: &HashMap<IfKey, IfCounters>,
+    vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
     topology: Option<&TopologySnapshot>,
     labeler: &mut NetnsLabeler<'_>,
     ready: &HashSet<u32>,
+    slots: &mut VniSlots,
 ) -> Readings {
     let mut r = Readings::default();
+    // In VNI order, so that which VNIs keep their own series does not depend on hash order.
+    let mut keys: Vec<&VxlanCountKey> = vxlan.keys().collect();
+    keys.sort_by_key(|k| (k.netns, k.ifindex, k.vni, k.direction));
+    for k in keys {
+        if !ready.contains(&k.netns) {
+            continue;
+        }
+        let c = vxlan[k];
+        let mut labels = VxlanLabels {
+            netns: netns_label(k.netns),
+            device: device_name(topology, k.netns, k.ifindex),
+            vni: k.vni.to_string(),
+        };
+        let anchor = netns_anchor(k.netns);
+        if !slots.own(k.netns, k.ifindex, k.vni) {
+            labels.vni = VNI_OTHER.to_string();
+            let dev_labels = VxlanLabels {
+                vni: String::new(),
+                ..labels.clone()
+            };
+            r.vxlan_folded
+                .push((*k, c.packets, dev_labels, anchor.clone()));
+        }
+        let dir = if k.direction == DIRECTION_TX {
+            "tx"
+        } else {
+            "rx"
+        };
+        if k.direction == DIRECTION_TX {
+            // Present (at 0) for every transmitting VXLAN device, so that "no oversize
+            // frames" is a value, not a missing series.
+            r.vxlan_oversize
+                .push((*k, c.oversize, labels.clone(), anchor.clone()));
+        }
+        r.vxlan_packets.push((*k, c.packets, (labels, dir), anchor));
+    }
     for (k, c) in drops {
         if !ready.contains(&k.netns) {
             continue;
@@ -178,18 +253,6 @@ fn readings(
             r.fragments
                 .push((*k, c.frag_packets, (labels, device, direction(k)), anchor));
         }
-        if c.vxlan_packets > 0 {
-            let labels = vxlan_labels(topology, k.netns, k.ifindex);
-            let anchor = netns_anchor(k.netns);
-            if k.direction == DIRECTION_TX {
-                // Present (at 0) for every transmitting VXLAN device, so that "no oversize
-                // frames" is a value, not a missing series.
-                r.vxlan_oversize
-                    .push((*k, c.vxlan_oversize, labels.clone(), anchor.clone()));
-            }
-            r.vxlan_packets
-                .push((*k, c.vxlan_packets, (labels, direction(k)), anchor));
-        }
     }
     r
 }
@@ -200,9 +263,11 @@ struct State {
     drops: CumulativeCounters<DropKey, DropSeries>,
     reasm: CumulativeCounters<DropKey, ReasmSeries>,
     fragments: CumulativeCounters<IfKey, FragmentSeries>,
-    vxlan_packets: CumulativeCounters<IfKey, VxlanPacketSeries>,
-    vxlan_oversize: CumulativeCounters<IfKey, VxlanLabels>,
+    vxlan_packets: CumulativeCounters<VxlanCountKey, VxlanPacketSeries>,
+    vxlan_oversize: CumulativeCounters<VxlanCountKey, VxlanLabels>,
     vxlan_drops: CumulativeCounters<DropKey, VxlanDropSeries>,
+    vxlan_folded: CumulativeCounters<VxlanCountKey, VxlanLabels>,
+    vni_slots: VniSlots,
     /// When each namespace in the maps was first seen (see [`NAMING_GRACE`]), and whether its
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
@@ -219,6 +284,8 @@ impl State {
             vxlan_packets: CumulativeCounters::new(ttl),
             vxlan_oversize: CumulativeCounters::new(ttl),
             vxlan_drops: CumulativeCounters::new(ttl),
+            vxlan_folded: CumulativeCounters::new(ttl),
+            vni_slots: VniSlots::default(),
         }
     }
 
@@ -261,7 +328,9 @@ impl State {
         self.vxlan_packets.observe(r.vxlan_packets, now);
         self.vxlan_oversize.observe(r.vxlan_oversize, now);
         self.vxlan_drops.observe(r.vxlan_drops, now);
+        self.vxlan_folded.observe(r.vxlan_folded, now);
         self.drops.expire(now, alive)
+            + self.vxlan_folded.expire(now, alive)
             + self.reasm.expire(now, alive)
             + self.fragments.expire(now, alive)
             + self.vxlan_packets.expire(now, alive)
@@ -318,12 +387,24 @@ impl State {
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_oversize_packets",
-            "Frames sent through a VXLAN device whose encapsulated packet exceeds the underlay device's MTU: they are fragmented (or dropped with DF)",
+            "Frames sent through a VXLAN device whose encapsulated packet exceeds the path MTU to the frame's own remote VTEP: they are fragmented (or dropped with DF)",
             None,
             MetricType::Counter,
         )?;
         for (vx, v) in self.vxlan_oversize.store().snapshot() {
             ConstCounter::new(v).encode(f.encode_family(&vx.pairs())?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_vxlan_vni_folded_packets",
+            "Frames of VNIs beyond the per-device cap of VNI series, counted under vni=\"other\" instead of their own VNI",
+            None,
+            MetricType::Counter,
+        )?;
+        for (vx, v) in self.vxlan_folded.store().snapshot() {
+            ConstCounter::new(v).encode(f.encode_family(&[
+                ("netns", vx.netns.as_str()),
+                ("device", vx.device.as_str()),
+            ])?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_drops",
@@ -366,6 +447,7 @@ impl NetworkSeries {
         &self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
+        vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         topology: Option<&TopologySnapshot>,
         now: Instant,
     ) {
@@ -373,14 +455,21 @@ impl NetworkSeries {
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
         let ready = state.ready(drops, ifs, &listed, &mut labeler, now);
+        state
+            .vni_slots
+            .retain(&vxlan.keys().map(|k| (k.netns, k.ifindex)).collect());
+        let mut slots = std::mem::take(&mut state.vni_slots);
         let r = readings(
             &self.interpreter,
             drops,
             ifs,
+            vxlan,
             topology,
             &mut labeler,
             &ready,
+            &mut slots,
         );
+        state.vni_slots = slots;
         let expired = state.update(r, now, &|a: &Anchor| listed.alive(a));
         if expired > 0 {
             debug!(expired, "network series of gone namespaces expired");
@@ -434,13 +523,18 @@ impl Collector for NetworkCounters {
             Ok::<_, net_counters::CountersError>((
                 net_counters::drops(ebpf)?,
                 net_counters::interfaces(ebpf)?,
+                if ebpf.map("VXLAN_COUNTS").is_some() {
+                    net_counters::vxlan_counts(ebpf)?
+                } else {
+                    HashMap::new()
+                },
             ))
         });
         match maps {
-            Ok((drops, ifs)) => {
+            Ok((drops, ifs, vxlan)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
                 self.series
-                    .update(&drops, &ifs, topology.as_deref(), Instant::now());
+                    .update(&drops, &ifs, &vxlan, topology.as_deref(), Instant::now());
             }
             // The last values stay exported: better than counters that vanish for a scrape.
             Err(e) => warn!(error = %e, "cannot read the network counters"),
@@ -536,6 +630,7 @@ mod tests {
             local: None,
             external: false,
             underlay: None,
+            remotes: Vec::new(),
         });
         t
     }
@@ -598,7 +693,13 @@ mod tests {
         drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0810), packets(1));
         drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0a10), packets(3));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(4));
-        c.update(&drops, &HashMap::new(), Some(&t), Instant::now());
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&t),
+            Instant::now(),
+        );
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
         has(
@@ -643,18 +744,19 @@ mod tests {
                 ..Default::default()
             },
         );
-        ifs.insert(
-            if_key(HOST, 5, DIRECTION_TX),
-            IfCounters {
-                vxlan_packets: 10,
-                vxlan_oversize: 4,
+        let mut vx = HashMap::new();
+        vx.insert(
+            vx_key(HOST, 5, 42, DIRECTION_TX),
+            VxlanCounters {
+                packets: 10,
+                oversize: 4,
                 ..Default::default()
             },
         );
-        ifs.insert(
-            if_key(HOST, 5, DIRECTION_RX),
-            IfCounters {
-                vxlan_packets: 8,
+        vx.insert(
+            vx_key(HOST, 5, 42, DIRECTION_RX),
+            VxlanCounters {
+                packets: 8,
                 ..Default::default()
             },
         );
@@ -662,8 +764,8 @@ mod tests {
         drops.insert(key(HOST, 5, 80, 0xffff_ffff_8100_1004), packets(2));
         // The pod namespace has no owner: its counts wait for the grace period.
         let t0 = Instant::now();
-        c.update(&drops, &ifs, Some(&t), t0);
-        c.update(&drops, &ifs, Some(&t), t0 + NAMING_GRACE);
+        c.update(&drops, &ifs, &vx, Some(&t), t0);
+        c.update(&drops, &ifs, &vx, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
         has(
@@ -714,7 +816,7 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
         // Not listed yet: the named pod's namespace is exported at once, the new one waits.
-        c.update(&drops, &rx(3), Some(&topo()), t0);
+        c.update(&drops, &rx(3), &HashMap::new(), Some(&topo()), t0);
         let text = c.text();
         assert!(text.contains(r#"pod="web-0""#), "{text}");
         assert!(!text.contains(r#"netns="4026532200""#), "{text}");
@@ -734,9 +836,15 @@ mod tests {
                 vxlan: None,
             }],
         );
-        c.update(&drops, &rx(5), Some(&t), t0 + NAMING_GRACE / 2);
+        c.update(
+            &drops,
+            &rx(5),
+            &HashMap::new(),
+            Some(&t),
+            t0 + NAMING_GRACE / 2,
+        );
         assert!(!c.text().contains(r#"netns="4026532200""#));
-        c.update(&drops, &rx(6), Some(&t), t0 + NAMING_GRACE);
+        c.update(&drops, &rx(6), &HashMap::new(), Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         assert!(
             text.contains(
@@ -754,7 +862,13 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let drops = |n| HashMap::from([(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(n))]);
-        c.update(&drops(5), &HashMap::new(), Some(&topo()), t0);
+        c.update(
+            &drops(5),
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0,
+        );
         // Briefly not listed (gone, or a rescan in between): its counts stay exported...
         let unlisted = topology(HOST, &[]);
         c.update(
@@ -770,7 +884,13 @@ mod tests {
             Some(&unlisted),
             t0 + NAMING_GRACE,
         );
-        c.update(&drops(7), &HashMap::new(), Some(&topo()), t0 + NAMING_GRACE);
+        c.update(
+            &drops(7),
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0 + NAMING_GRACE,
+        );
         let text = c.text();
         assert!(
             text.contains(
@@ -789,17 +909,35 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
-        c.update(&drops, &HashMap::new(), Some(&topo()), t0);
+        c.update(&drops, &HashMap::new(), &HashMap::new(), Some(&topo()), t0);
         // The pod's namespace is gone; its kernel entry stays.
         let gone = topology(HOST, &[]);
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(3));
-        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL / 2);
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            t0 + TTL / 2,
+        );
         assert!(
             c.text().contains(r#"netns="4026532100""#),
             "not before the TTL"
         );
-        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL);
-        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL * 2);
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            t0 + TTL,
+        );
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            t0 + TTL * 2,
+        );
         let text = c.text();
         assert!(!text.contains(r#"netns="4026532100""#), "{text}");
         assert!(
@@ -818,15 +956,15 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
-        let mut ifs = HashMap::new();
-        ifs.insert(
-            if_key(HOST, 5, DIRECTION_TX),
-            IfCounters {
-                vxlan_packets: 1,
+        let mut vx = HashMap::new();
+        vx.insert(
+            vx_key(HOST, 5, 42, DIRECTION_TX),
+            VxlanCounters {
+                packets: 1,
                 ..Default::default()
             },
         );
-        c.update(&drops, &ifs, Some(&topo()), Instant::now());
+        c.update(&drops, &HashMap::new(), &vx, Some(&topo()), Instant::now());
         let text = c.text();
         assert!(
             text.contains(
@@ -839,5 +977,53 @@ mod tests {
             "{text}"
         );
         assert!(owners.asked.lock().unwrap().is_empty());
+    }
+
+    fn vx_key(netns: u32, ifindex: u32, vni: u32, direction: u32) -> VxlanCountKey {
+        VxlanCountKey {
+            netns,
+            ifindex,
+            vni,
+            direction,
+        }
+    }
+
+    #[test]
+    fn vnis_beyond_the_cap_fold_into_one_series_and_are_counted() {
+        let (c, _) = counters(FixedOwners::default(), true);
+        let mut vx = HashMap::new();
+        for vni in 0..(VNI_CAP as u32 + 3) {
+            vx.insert(
+                vx_key(HOST, 5, 1000 + vni, DIRECTION_TX),
+                VxlanCounters {
+                    packets: 2,
+                    oversize: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        c.update(
+            &HashMap::new(),
+            &HashMap::new(),
+            &vx,
+            Some(&topo()),
+            Instant::now(),
+        );
+        let text = c.text();
+        let per_vni = text
+            .lines()
+            .filter(|l| l.starts_with("fathom_vxlan_packets_total{"))
+            .count();
+        assert_eq!(per_vni, VNI_CAP + 1, "{text}");
+        // The lowest VNIs keep their series; the three highest share "other".
+        assert!(text.contains(r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="1000",direction="tx"} 2"#), "{text}");
+        assert!(text.contains(r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="other",direction="tx"} 6"#), "{text}");
+        assert!(text.contains(r#"fathom_vxlan_oversize_packets_total{netns="4026531840",device="vx0",vni="other"} 3"#), "{text}");
+        assert!(
+            text.contains(
+                r#"fathom_vxlan_vni_folded_packets_total{netns="4026531840",device="vx0"} 6"#
+            ),
+            "{text}"
+        );
     }
 }
