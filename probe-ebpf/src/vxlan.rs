@@ -183,7 +183,7 @@ unsafe fn count(ctx: &TcContext, dir: u32) {
     };
     if dir == DIRECTION_TX {
         let own = if pk.kind != 0 {
-            unsafe { VXLAN_PATHS.get(&pk) }.map(|p| p.path_mtu)
+            unsafe { VXLAN_PATHS.get(pk) }.map(|p| p.path_mtu)
         } else {
             None
         };
@@ -207,7 +207,7 @@ unsafe fn count(ctx: &TcContext, dir: u32) {
         vni,
         direction: dir,
     };
-    match VXLAN_COUNTS.get_ptr_mut(&key) {
+    match VXLAN_COUNTS.get_ptr_mut(key) {
         Some(c) => unsafe {
             (*c).packets += add.packets;
             (*c).bytes += add.bytes;
@@ -215,7 +215,7 @@ unsafe fn count(ctx: &TcContext, dir: u32) {
             (*c).no_path += add.no_path;
         },
         None => {
-            if VXLAN_COUNTS.insert(&key, &add, 0).is_err() {
+            if VXLAN_COUNTS.insert(key, add, 0).is_err() {
                 stat(VXLAN_STAT_COUNTS_MAP_FULL);
             }
         }

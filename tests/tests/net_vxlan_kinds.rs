@@ -602,3 +602,87 @@ fn vxlan_programs_do_not_run_for_traffic_that_crosses_no_vxlan_device() {
     assert_eq!(e2 - e1, tx1 - tx0);
     assert_eq!(sink.finish_by_len().get(&100).copied(), Some(300));
 }
+
+/// Program ids `bpftool net show dev DEV` lists as attached (tcx or tc) to `dev` in `ns`.
+fn tc_prog_ids(ns: &NetNs, dev: &str, name: &str) -> Vec<String> {
+    let o = ns.exec_ok(&["bpftool", "net", "show", "dev", dev]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    text.lines()
+        .filter(|l| l.contains(name))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "prog_id")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The daemon: `fathom serve` attaches the VXLAN programs to a device it discovers by itself,
+/// exports the per-remote verdict and the oversize count, and leaves nothing attached after
+/// SIGKILL.
+#[test]
+fn serve_attaches_to_discovered_devices_and_sigkill_leaves_nothing_attached() {
+    require_root!();
+    use fathom_tests::serve::{FathomServe, value_of};
+    let o = fathom_tests::overlay::Overlay::new(Some(1500));
+    let mut serve = FathomServe::start(&[]);
+    let netns = o.a.inode().to_string();
+    let labels = [("netns", netns.as_str()), ("device", o.vxlan.as_str())];
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let s = serve.samples();
+        value_of(&s, "fathom_overlay_mtu_mismatch", &labels) == Some(1.0)
+            && value_of(&s, "fathom_overlay_mtu_mismatch_remotes", &labels) == Some(1.0)
+            && !tc_prog_ids(&o.a, &o.vxlan, "vxlan_tc_egress").is_empty()
+    });
+    assert!(ok, "no verdict / attachment:\n{}", serve.scrape());
+    let ids = tc_prog_ids(&o.a, &o.vxlan, "vxlan_tc_");
+    assert!(ids.len() >= 2, "egress and ingress: {ids:?}");
+    assert!(
+        serve
+            .process()
+            .stderr()
+            .contains("VXLAN counting: tc programs"),
+        "hook mode not logged"
+    );
+    let sink = UdpSink::bind(&o.b, "10.202.9.2:5000");
+    warm_up(&o.a, "10.202.9.2:5000", &sink);
+    let over = |s: &[fathom_tests::serve::Sample]| {
+        value_of(
+            s,
+            "fathom_vxlan_oversize_packets_total",
+            &[
+                ("netns", netns.as_str()),
+                ("device", o.vxlan.as_str()),
+                ("vni", "4242"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = over(&serve.samples());
+    udp_send(
+        &o.a,
+        "10.202.9.2:5000",
+        1472,
+        30,
+        Some(libc::IP_PMTUDISC_PROBE),
+    );
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        over(&serve.samples()) - before >= 30.0
+    });
+    let after = over(&serve.samples());
+    assert!(ok && after - before == 30.0, "oversize {before} → {after}");
+    // SIGKILL: TCX links are fds of the process; nothing of ours stays attached.
+    let pid = serve.pid() as i32;
+    // SAFETY: plain kill of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let gone = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        let now = tc_prog_ids(&o.a, &o.vxlan, "vxlan_tc_");
+        ids.iter().all(|i| !now.contains(i))
+    });
+    assert!(
+        gone,
+        "still attached after SIGKILL: {:?}",
+        tc_prog_ids(&o.a, &o.vxlan, "vxlan_tc_")
+    );
+}

@@ -268,6 +268,8 @@ struct State {
     vxlan_drops: CumulativeCounters<DropKey, VxlanDropSeries>,
     vxlan_folded: CumulativeCounters<VxlanCountKey, VxlanLabels>,
     vni_slots: VniSlots,
+    /// Sum of `no_path` over the VXLAN keys of the last reading.
+    no_path_total: u64,
     /// When each namespace in the maps was first seen (see [`NAMING_GRACE`]), and whether its
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
@@ -286,6 +288,7 @@ impl State {
             vxlan_drops: CumulativeCounters::new(ttl),
             vxlan_folded: CumulativeCounters::new(ttl),
             vni_slots: VniSlots::default(),
+            no_path_total: 0,
         }
     }
 
@@ -296,6 +299,7 @@ impl State {
         &mut self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
+        vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         listed: &ListedNetns,
         labeler: &mut NetnsLabeler<'_>,
         now: Instant,
@@ -304,6 +308,7 @@ impl State {
             .keys()
             .map(|k| k.netns)
             .chain(ifs.keys().map(|k| k.netns))
+            .chain(vxlan.keys().map(|k| k.netns))
             .collect();
         self.first_seen.retain(|ns, _| present.contains(ns));
         present
@@ -454,7 +459,7 @@ impl NetworkSeries {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
-        let ready = state.ready(drops, ifs, &listed, &mut labeler, now);
+        let ready = state.ready(drops, ifs, vxlan, &listed, &mut labeler, now);
         state
             .vni_slots
             .retain(&vxlan.keys().map(|k| (k.netns, k.ifindex)).collect());
@@ -470,6 +475,7 @@ impl NetworkSeries {
             &mut slots,
         );
         state.vni_slots = slots;
+        state.no_path_total = vxlan.values().map(|c| c.no_path).sum();
         let expired = state.update(r, now, &|a: &Anchor| listed.alive(a));
         if expired > 0 {
             debug!(expired, "network series of gone namespaces expired");
@@ -539,7 +545,33 @@ impl Collector for NetworkCounters {
             // The last values stay exported: better than counters that vanish for a scrape.
             Err(e) => warn!(error = %e, "cannot read the network counters"),
         }
-        self.series.lock().encode(&mut encoder)
+        self.series.lock().encode(&mut encoder)?;
+        // What the VXLAN tc programs could not count per device and VNI, or not judge.
+        let stats = self.kernel.with_ebpf(|ebpf| {
+            ebpf.map("VXLAN_STATS")
+                .is_some()
+                .then(|| net_counters::vxlan_stats(ebpf).ok())
+                .flatten()
+        });
+        let no_path: u64 = self.series.lock().no_path_total;
+        if let Some(st) = stats {
+            let mut f = encoder.encode_descriptor(
+                "fathom_vxlan_uncounted_packets",
+                "VXLAN frames the tc programs could not fully count: map_full (no room for a new device/VNI key: missing from fathom_vxlan_packets_total), unknown_device (device not yet in the map), no_tunnel_key (external device, no tunnel key: counted under the device's VNI), no_device (device unreadable), no_path (remote's path MTU unknown: not judged for oversize)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("map_full", st.counts_map_full),
+                ("unknown_device", st.unknown_device),
+                ("no_tunnel_key", st.no_tunnel_key),
+                ("no_device", st.no_device),
+                ("no_path", no_path),
+            ] {
+                ConstCounter::new(n).encode(f.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -650,10 +682,11 @@ mod tests {
             &self,
             drops: &HashMap<DropKey, Counter>,
             ifs: &HashMap<IfKey, IfCounters>,
+            vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
             t: Option<&TopologySnapshot>,
             now: Instant,
         ) {
-            self.0.update(drops, ifs, t, now);
+            self.0.update(drops, ifs, vxlan, t, now);
         }
 
         fn text(&self) -> String {
@@ -874,12 +907,14 @@ mod tests {
         c.update(
             &drops(6),
             &HashMap::new(),
+            &HashMap::new(),
             Some(&unlisted),
             t0 + NAMING_GRACE / 2,
         );
         // ... so they are never taken for new ones.
         c.update(
             &drops(6),
+            &HashMap::new(),
             &HashMap::new(),
             Some(&unlisted),
             t0 + NAMING_GRACE,
