@@ -603,19 +603,28 @@ fn vxlan_programs_do_not_run_for_traffic_that_crosses_no_vxlan_device() {
     assert_eq!(sink.finish_by_len().get(&100).copied(), Some(300));
 }
 
-/// Program ids `bpftool net show dev DEV` lists as attached (tcx or tc) to `dev` in `ns`.
-fn tc_prog_ids(ns: &NetNs, dev: &str, name: &str) -> Vec<String> {
-    let o = ns.exec_ok(&["bpftool", "net", "show", "dev", dev]);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    text.lines()
-        .filter(|l| l.contains(name))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .skip_while(|w| *w != "prog_id")
-                .nth(1)
-                .map(str::to_string)
-        })
-        .collect()
+/// Ids of the TCX programs attached to `dev` in `ns` (both directions) whose name starts
+/// with `prefix` (the kernel keeps 15 characters of a program name). Asked in the namespace
+/// with the kernel's own query (`BPF_PROG_QUERY`); bpftool 7.1 predates TCX.
+fn tc_prog_ids(ns: &NetNs, dev: &str, prefix: &str) -> Vec<u32> {
+    let (dev, prefix) = (dev.to_string(), prefix.to_string());
+    fathom_tests::traffic::in_netns(ns, move || {
+        let mut out = Vec::new();
+        for dir in [
+            aya::programs::TcAttachType::Egress,
+            aya::programs::TcAttachType::Ingress,
+        ] {
+            let (_, progs) =
+                aya::programs::SchedClassifier::query_tcx(&dev, dir).expect("query tcx");
+            out.extend(
+                progs
+                    .iter()
+                    .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with(&prefix)))
+                    .map(|p| p.id()),
+            );
+        }
+        out
+    })
 }
 
 /// The daemon: `fathom serve` attaches the VXLAN programs to a device it discovers by itself,
