@@ -384,38 +384,19 @@ ffffffffc0a00800 r __ksymtab_foo\t[ipv6]
         }
     }
 
-    /// Resolves the real `ip_defrag` back to itself. Needs root (non-zero addresses).
+    /// Resolves the real `ip_defrag` back to itself. Needs root (non-zero addresses): run as
+    /// another user it fails instead of passing without checking anything. How long loading
+    /// takes is a benchmark figure (startup in `cargo xtask bench`), not an assertion.
     #[test]
     fn real_kallsyms_resolves_ip_defrag() {
-        let k = match Kallsyms::load() {
-            Ok(k) => k,
-            Err(KallsymsError::Restricted { .. }) if !is_root() => {
-                eprintln!("skipped: kallsyms addresses hidden for non-root");
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
+        assert!(is_root(), "reading kallsyms addresses needs root");
+        let k = Kallsyms::load().unwrap();
         assert!(k.len() > 10_000, "{} symbols", k.len());
         let addr = k
             .address_of("ip_defrag")
             .expect("ip_defrag in /proc/kallsyms");
         assert_eq!(k.lookup(addr).unwrap().to_string(), "ip_defrag+0x0");
         assert_eq!(k.lookup(addr + 0x10).unwrap().to_string(), "ip_defrag+0x10");
-    }
-
-    /// Rough timing guard for the real table (generous for debug builds; release is ~10×
-    /// faster).
-    #[test]
-    fn real_kallsyms_loads_quickly() {
-        if !is_root() {
-            return;
-        }
-        let start = std::time::Instant::now();
-        let k = Kallsyms::load().unwrap();
-        let took = start.elapsed();
-        assert!(!k.is_empty());
-        let limit = if cfg!(debug_assertions) { 1000 } else { 100 };
-        assert!(took.as_millis() < limit, "loading took {took:?}");
     }
 
     fn is_root() -> bool {

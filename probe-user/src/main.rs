@@ -68,8 +68,8 @@ enum Command {
         /// Only network events of this network namespace: its inode (as in the events'
         /// "netns") or a path to it (/run/netns/NAME, /proc/PID/ns/net). OOM kills have no
         /// namespace and are left out.
-        #[arg(long, value_parser = parse_netns)]
-        netns: Option<u32>,
+        #[arg(long)]
+        netns: Option<String>,
         /// Also write the dropped packets (those shown) to this pcapng file, for Wireshark or
         /// tcpdump; each packet's comment names reason, place and pod. `-` writes it to
         /// stdout and moves the events to stderr: `fathom capture --pcap - | wireshark -k -i -`.
@@ -118,23 +118,18 @@ enum Command {
         /// Burst allowance of that rate limit.
         #[arg(long, default_value_t = 200, hide = true)]
         drop_events_burst: u64,
+        /// TLS and basic auth: a Prometheus exporter web configuration file
+        /// (tls_server_config.cert_file / key_file, basic_auth_users with bcrypt hashes).
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<std::path::PathBuf>,
+        /// Most client connections at once (at most a quarter of the descriptor limit); at
+        /// the cap a new connection evicts the one quiet longest.
+        #[arg(long = "web.max-connections", default_value_t = 256)]
+        web_max_connections: usize,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
     },
-}
-
-/// `--netns`: an inode number, or a path whose inode it is (a bind mount in /run/netns or a
-/// process's /proc/PID/ns/net).
-fn parse_netns(arg: &str) -> Result<u32, String> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = match arg.parse::<u64>() {
-        Ok(n) => n,
-        Err(_) => std::fs::metadata(arg)
-            .map_err(|e| format!("{arg}: {e}"))?
-            .ino(),
-    };
-    u32::try_from(ino).map_err(|_| format!("{ino} is no network namespace inode"))
 }
 
 /// Runtime sockets for attribution; an empty path disables that runtime.
@@ -152,9 +147,7 @@ fn attribution_config(
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FATHOM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -181,9 +174,38 @@ fn is_prerequisite(e: &anyhow::Error) -> bool {
     })
 }
 
+/// One line on stderr, exit code 2.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("fathom: {msg}");
+    ExitCode::from(EXIT_PREREQUISITE as u8)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_env = std::env::var("FATHOM_LOG").ok();
+    let filter = match fathom::input::log_filter(log_env.as_deref()) {
+        Ok(f) => f,
+        Err(msg) => return usage_error(&msg),
+    };
+    init_logging(cli.log_format, filter);
+    // Input that names things of the running system is checked before anything loads.
+    let mut cli = cli;
+    let mut netns_ino = None;
+    if let Command::Capture {
+        netns, reason, btf, ..
+    } = &mut cli.command
+    {
+        if let Some(arg) = netns {
+            match fathom::input::resolve_netns(arg) {
+                Ok(ino) => netns_ino = Some(ino),
+                Err(msg) => return usage_error(&msg),
+            }
+        }
+        match fathom::input::check_reasons(reason, btf) {
+            Ok(r) => *reason = r,
+            Err(msg) => return usage_error(&msg),
+        }
+    }
 
     if let Err(msg) = privileges::check() {
         eprintln!("fathom: {msg}");
@@ -218,7 +240,7 @@ fn main() -> ExitCode {
             drop_events_burst,
             btf,
         } => rt.block_on(capture::run(capture::CaptureOptions {
-            netns,
+            netns: netns.and(netns_ino),
             pcap,
             output,
             duration,
@@ -248,9 +270,19 @@ fn main() -> ExitCode {
             bpf_stats,
             drop_events_per_sec,
             drop_events_burst,
+            web_config_file,
+            web_max_connections,
             btf,
-        } => rt
-            .block_on(serve::run(serve::ServeOptions {
+        } => {
+            let web = match web_config_file
+                .as_deref()
+                .map(serve::web_config::WebConfig::load)
+                .transpose()
+            {
+                Ok(w) => w,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            rt.block_on(serve::run(serve::ServeOptions {
                 listen,
                 node_name: node_name
                     .filter(|n| !n.is_empty())
@@ -266,8 +298,14 @@ fn main() -> ExitCode {
                     &cli.docker_socket,
                     &cli.crio_socket,
                 ),
+                web,
+                http_limits: serve::http::Limits {
+                    max_connections: web_max_connections,
+                    ..Default::default()
+                },
             }))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

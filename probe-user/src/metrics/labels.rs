@@ -128,6 +128,16 @@ impl CgroupPathLabels {
     }
 }
 
+impl CgroupPathLabels {
+    /// The labels an OOM kill of a process in cgroup `path` (relative to its hierarchy's
+    /// root) would get, with the names the attribution found (for zero series).
+    pub fn labels_of(&self, path: &str, w: &crate::attribution::Workload) -> WorkloadLabels {
+        let mut labels = self.for_path(path, None).0;
+        with_names(&mut labels, w);
+        labels
+    }
+}
+
 impl LabelSource for CgroupPathLabels {
     fn oom_kill(&self, kill: &OomKill) -> (WorkloadLabels, Anchor) {
         // The same path `oom` attributes the kill by: the cgroup v2 path when the victim sits

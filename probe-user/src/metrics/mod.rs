@@ -31,6 +31,7 @@ pub mod netns_labels;
 pub mod network;
 pub mod network_gauges;
 pub mod oom;
+pub mod oom_zeros;
 pub mod self_metrics;
 pub mod store;
 
@@ -126,6 +127,20 @@ impl Metrics {
             oom,
             network_gauges: None,
         }
+    }
+
+    /// Exports `fathom_oom_kills_total` at 0 for every container in the cgroup hierarchies
+    /// ([`oom_zeros`]), named as the attribution names them.
+    pub fn add_oom_zeros(
+        &self,
+        attributor: Option<crate::attribution::Attributor>,
+        opts: &MetricsOptions,
+    ) {
+        self.oom.set_zero_source(oom_zeros::CgroupScan::new(
+            &crate::cgroup::Hierarchies::detect(),
+            attributor,
+            opts.workload_labels,
+        ));
     }
 
     /// Adds the network families ([`network`], [`network_gauges`]).
