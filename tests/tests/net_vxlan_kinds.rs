@@ -152,6 +152,13 @@ fn mismatch<'a>(s: &'a TopologySnapshot, ns: &NetNs, dev: &str) -> Vec<&'a MtuMi
         .collect()
 }
 
+fn quiet_ipv6(ns: &[&NetNs]) {
+    for n in ns {
+        n.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        n.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    }
+}
+
 fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap()
 }
@@ -306,6 +313,9 @@ fn external_device_counts_the_packets_vni_and_judges_the_route_remotes() {
     let (a, b) = (NetNs::new(), NetNs::new());
     a.lo_up();
     b.lo_up();
+    // No IPv6 on these namespaces: the kernel's own ND / MLD frames would add to the exact
+    // frame counts below (the namespaces are the test's; deleting them undoes this).
+    quiet_ipv6(&[&a, &b]);
     let veth = VethPair::new(Some(&a), Some(&b));
     veth.addr_up(Side::A, "10.206.1.1/24");
     veth.addr_up(Side::B, "10.206.1.2/24");
@@ -416,6 +426,9 @@ fn calico_style_device_follows_a_lowered_underlay_mtu() {
     let (a, b) = (NetNs::new(), NetNs::new());
     a.lo_up();
     b.lo_up();
+    // No IPv6 on these namespaces: the kernel's own ND / MLD frames would add to the exact
+    // frame counts below (the namespaces are the test's; deleting them undoes this).
+    quiet_ipv6(&[&a, &b]);
     let veth = VethPair::new(Some(&a), Some(&b));
     veth.addr_up(Side::A, "10.208.1.1/24");
     veth.addr_up(Side::B, "10.208.1.2/24");
