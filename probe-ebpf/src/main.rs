@@ -20,6 +20,7 @@ mod maps;
 mod netdev;
 mod netns;
 mod oom;
+mod reclaim;
 mod vxlan;
 
 use probe_common::{KernelOffsets, NetConfig, NetOffsets};
