@@ -171,16 +171,94 @@ pub struct DevKey {
     pub ifindex: u32,
 }
 
-/// What the kernel needs to know about a VXLAN device.
+/// What the kernel needs to know about a VXLAN device (`VXLAN_DEVS`, written by userspace
+/// before the device's tc programs are attached).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VxlanDev {
+    /// Path MTU of the device's default destination (the all-zeros FDB entry, or the
+    /// underlay of a device created with `dev`); 0 when unknown. Used when a frame's own
+    /// remote is not in `VXLAN_PATHS`.
     pub underlay_mtu: u32,
     /// 50 (IPv4 underlay) or 70 (IPv6), inner Ethernet header included.
     pub overhead: u32,
+    /// The configured VNI (0 for `external` devices: the VNI comes with each packet).
     pub vni: u32,
+    /// `VXLAN_DEV_*` flags.
+    pub flags: u32,
+    /// The VXLAN device's own MTU (a GSO frame's segments are at most this + 14 bytes).
+    pub mtu: u32,
     pub _pad: u32,
 }
+
+/// [`VxlanDev::flags`]: `external` / collect_md: remote and VNI come from the tunnel key.
+pub const VXLAN_DEV_EXTERNAL: u32 = 1;
+
+/// [`VxlanPathKey::kind`]: `addr[..6]` is an inner destination MAC of the device's FDB.
+pub const VXLAN_PATH_MAC: u32 = 1;
+/// [`VxlanPathKey::kind`]: `addr[..4]` is a remote VTEP's IPv4 address (tunnel key).
+pub const VXLAN_PATH_IPV4: u32 = 2;
+/// [`VxlanPathKey::kind`]: `addr` is a remote VTEP's IPv6 address (tunnel key).
+pub const VXLAN_PATH_IPV6: u32 = 3;
+
+/// `VXLAN_PATHS` key: how a frame on a VXLAN device finds its remote's path MTU. FDB-driven
+/// devices pick the remote by the inner destination MAC (`vxlan_xmit` → `vxlan_find_mac`,
+/// the all-zeros entry when there is none), so userspace maps each FDB MAC to the path MTU
+/// of that entry's `dst`; external devices carry the remote in the tunnel key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VxlanPathKey {
+    pub netns: u32,
+    pub ifindex: u32,
+    /// `VXLAN_PATH_*`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// `VXLAN_PATHS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VxlanPath {
+    /// Path MTU of the route to the remote in the device's link namespace (route `mtu`
+    /// metric and cached PMTU exceptions honoured).
+    pub path_mtu: u32,
+    pub _pad: u32,
+}
+
+/// `VXLAN_COUNTS` key: per VXLAN device, VNI and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VxlanCountKey {
+    pub netns: u32,
+    pub ifindex: u32,
+    /// The packet's VNI: the tunnel key's for external devices, else the device's.
+    pub vni: u32,
+    /// [`DIRECTION_RX`] or [`DIRECTION_TX`].
+    pub direction: u32,
+}
+
+/// `VXLAN_COUNTS` value (inner frames as the tc programs see them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VxlanCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// tx only: frames whose encapsulated packet exceeds the path MTU of their remote.
+    pub oversize: u64,
+    /// tx only: frames whose remote's path MTU was unknown (no verdict possible).
+    pub no_path: u64,
+}
+
+/// Slots of the `VXLAN_STATS` per-CPU array (health of the VXLAN tc programs).
+pub const VXLAN_STAT_COUNTS_MAP_FULL: u32 = 0;
+/// Frames on a device the programs do not know (not yet / no longer in `VXLAN_DEVS`).
+pub const VXLAN_STAT_UNKNOWN_DEV: u32 = 1;
+/// Frames of an external device without a readable tunnel key.
+pub const VXLAN_STAT_NO_TUNNEL_KEY: u32 = 2;
+/// Frames whose device could not be read (namespace / ifindex).
+pub const VXLAN_STAT_NO_DEV: u32 = 3;
+pub const VXLAN_STAT_SLOTS: u32 = 4;
 
 /// Per CPU: the namespace of the last fragment received or of the last fragment-queue drop
 /// whose namespace was known. Fragment-queue purges run synchronously right after either (reassembly of the
@@ -236,6 +314,10 @@ mod pod {
     unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::DevKey {}
     unsafe impl aya::Pod for super::VxlanDev {}
+    unsafe impl aya::Pod for super::VxlanPathKey {}
+    unsafe impl aya::Pod for super::VxlanPath {}
+    unsafe impl aya::Pod for super::VxlanCountKey {}
+    unsafe impl aya::Pod for super::VxlanCounters {}
     unsafe impl aya::Pod for super::NetContext {}
     unsafe impl aya::Pod for super::PacketDropEvent {}
 }

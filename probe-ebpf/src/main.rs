@@ -6,7 +6,8 @@
 //!   event kind in [`maps::EVENTS_LOST`] so no loss is silent;
 //! - **counters** (later hook families): per-CPU maps read by userspace at scrape time.
 //!
-//! Only tracepoints / BTF tracepoints are used: they are stable attach points and they work on
+//! Tracepoints / BTF tracepoints are used for everything but VXLAN (tc programs on VXLAN
+//! devices only, see [`vxlan`]): they are stable attach points and they work on
 //! kernels where kprobes and fentry are unavailable. Kernel struct offsets are not compiled in:
 //! userspace computes them from the running kernel's BTF and writes them into [`OFFSETS`]
 //! before loading (the verifier then sees them as constants).
@@ -20,6 +21,7 @@ mod netdev;
 mod netns;
 mod oom;
 mod reclaim;
+mod vxlan;
 
 use probe_common::{KernelOffsets, NetConfig, NetOffsets};
 

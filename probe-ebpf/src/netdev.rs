@@ -1,5 +1,4 @@
-//! IP fragments and VXLAN traffic per device: `net:net_dev_start_xmit` and
-//! `net:netif_receive_skb`.
+//! IP fragments per device: `net:net_dev_start_xmit` and `net:netif_receive_skb`.
 //!
 //! Prototypes (include/trace/events/net.h, stable since 4.x):
 //!   `net_dev_start_xmit(const struct sk_buff *skb, const struct net_device *dev)`
@@ -10,19 +9,17 @@
 //! network header.
 //!
 //! Every fragment is counted (sum over a namespace's devices = FragCreates on the sender,
-//! ReasmReqds on the receiver). VXLAN devices (listed by userspace in `VXLAN_DEVS` from
-//! netlink) also get packet/byte counts and, on transmit, the frames whose encapsulated
-//! packet will exceed the underlay MTU — they will be fragmented.
+//! ReasmReqds on the receiver). VXLAN traffic is counted by the tc programs of
+//! [`crate::vxlan`], attached to VXLAN devices only.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use probe_common::{
-    DIRECTION_RX, DIRECTION_TX, DevKey, IfCounters, IfKey, KernelOffsets, NET_STAT_IF_MAP_FULL,
-    NetConfig, NetOffsets,
+    DIRECTION_RX, DIRECTION_TX, IfCounters, IfKey, NET_STAT_IF_MAP_FULL, NetOffsets,
 };
 
 use crate::{
-    kread::{field, field_ptr, read},
-    maps::{IF_COUNTS, VXLAN_DEVS, net_stat, set_net_context},
+    kread::{field, field_ptr},
+    maps::{IF_COUNTS, net_stat, set_net_context},
     net_config, net_offsets,
     netns::{dev_netns, ip_fragment_info, network_header},
 };
@@ -55,25 +52,17 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
         Some(nh) => unsafe { ip_fragment_info(l3, nh) },
         None => None,
     };
-    let is_frag = matches!(frag, Some((true, _, _)));
-    let c = net_config();
-    // Cheap exit for the common case: not a fragment and not a VXLAN device (told by its
-    // transmit function, two reads instead of a namespace lookup and a map lookup).
-    if !is_frag && unsafe { surely_not_vxlan(o, &c, dev) } {
+    if !matches!(frag, Some((true, _, _))) {
         return;
     }
+    let c = net_config();
     let Some((netns, ifindex)) = (unsafe { dev_netns(o, &c, dev) }) else {
         return;
     };
-    if is_frag && dir == DIRECTION_RX {
+    if dir == DIRECTION_RX {
         set_net_context(netns, ifindex, unsafe {
             aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns()
         });
-    }
-    let dev_key = DevKey { netns, ifindex };
-    let vxlan = unsafe { VXLAN_DEVS.get(dev_key) };
-    if !is_frag && vxlan.is_none() {
-        return;
     }
     let len = unsafe { field::<u32>(skb, o.skb_len) } as u64;
     let mut add = IfCounters::default();
@@ -81,15 +70,6 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
         add.frag_packets = 1;
         add.frag_bytes = len;
         add.frag_first = first as u64;
-    }
-    if let Some(v) = vxlan {
-        add.vxlan_packets = 1;
-        add.vxlan_bytes = len;
-        // underlay_mtu 0: userspace could not find the underlay; no verdict.
-        if dir == DIRECTION_TX && v.underlay_mtu != 0 {
-            add.vxlan_oversize =
-                unsafe { oversize_frames(o, skb, dev, len, v.underlay_mtu, v.overhead) };
-        }
     }
     let key = IfKey {
         netns,
@@ -102,65 +82,11 @@ unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*cons
             (*c).frag_packets += add.frag_packets;
             (*c).frag_bytes += add.frag_bytes;
             (*c).frag_first += add.frag_first;
-            (*c).vxlan_packets += add.vxlan_packets;
-            (*c).vxlan_bytes += add.vxlan_bytes;
-            (*c).vxlan_oversize += add.vxlan_oversize;
         },
         None => {
             if IF_COUNTS.insert(key, add, 0).is_err() {
                 net_stat(NET_STAT_IF_MAP_FULL);
             }
         }
-    }
-}
-
-/// True when `dev` is known not to be a VXLAN device: its `ndo_start_xmit` is not
-/// `vxlan_xmit`. False when that cannot be told (address or offsets unknown).
-#[inline(always)]
-unsafe fn surely_not_vxlan(o: &NetOffsets, c: &NetConfig, dev: *const u8) -> bool {
-    if c.vxlan_xmit_addr == 0
-        || o.dev_netdev_ops == KernelOffsets::ABSENT
-        || o.ops_ndo_start_xmit == KernelOffsets::ABSENT
-    {
-        return false;
-    }
-    let ops = unsafe { field_ptr(dev, o.dev_netdev_ops) };
-    if ops.is_null() {
-        return false;
-    }
-    let xmit = unsafe { field::<u64>(ops, o.ops_ndo_start_xmit) };
-    xmit != 0 && xmit != c.vxlan_xmit_addr
-}
-
-/// Frames of this transmit whose outer packet exceeds the underlay MTU. The outer IP packet is
-/// the inner frame (skb->len, Ethernet header included) plus VXLAN, UDP and IP headers, i.e.
-/// `len + overhead - 14`. A GSO skb becomes `gso_segs` frames of at most the VXLAN device's
-/// MTU (+14) each, so it is oversize exactly when `mtu + overhead` exceeds the underlay MTU.
-#[inline(always)]
-unsafe fn oversize_frames(
-    o: &NetOffsets,
-    skb: *const u8,
-    dev: *const u8,
-    len: u64,
-    underlay_mtu: u32,
-    overhead: u32,
-) -> u64 {
-    let head = unsafe { field_ptr(skb, o.skb_head) };
-    let end = unsafe { field::<u32>(skb, o.skb_end) };
-    let shinfo = head.wrapping_add(end as usize);
-    let gso_size = if head.is_null() {
-        0
-    } else {
-        unsafe { read::<u16>(shinfo, o.shinfo_gso_size) }.unwrap_or(0)
-    };
-    if gso_size == 0 {
-        return (len + overhead as u64 - 14 > underlay_mtu as u64) as u64;
-    }
-    let segs = unsafe { read::<u16>(shinfo, o.shinfo_gso_segs) }.unwrap_or(1) as u64;
-    let mtu = unsafe { field::<u32>(dev, o.dev_mtu) } as u64;
-    if mtu + overhead as u64 > underlay_mtu as u64 {
-        segs
-    } else {
-        0
     }
 }

@@ -20,6 +20,8 @@ static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub enum Hook {
     /// BTF-enabled tracepoint (`tp_btf/<name>`); needs kernel BTF, no tracefs.
     BtfTracepoint(&'static str),
+    /// tc classifier, only loaded here: `net::tc_attach` attaches it to each VXLAN device.
+    TcPerDevice,
 }
 
 /// A kernel program fathom knows about.
@@ -51,6 +53,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "netif_receive_skb",
         hook: Hook::BtfTracepoint("netif_receive_skb"),
+        family: "net",
+    },
+    ProgramSpec {
+        name: "vxlan_tc_egress",
+        hook: Hook::TcPerDevice,
+        family: "net",
+    },
+    ProgramSpec {
+        name: "vxlan_tc_ingress",
+        hook: Hook::TcPerDevice,
         family: "net",
     },
     // Reclaim stalls (probe-ebpf/src/reclaim.rs): each begin/end pair only counts when both
@@ -293,6 +305,11 @@ fn attach_one(
             let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
             p.load(tp, btf).map_err(|e| error_chain(&e))?;
             p.attach().map_err(|e| error_chain(&e))?;
+        }
+        Hook::TcPerDevice => {
+            let p: &mut aya::programs::SchedClassifier =
+                prog.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| error_chain(&e))?;
         }
     }
     Ok(())

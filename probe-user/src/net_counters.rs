@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use probe_common::{
     Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN,
-    NET_STAT_IF_MAP_FULL, NET_STAT_SLOTS, VxlanDev,
+    NET_STAT_IF_MAP_FULL, NET_STAT_SLOTS, VXLAN_DEV_EXTERNAL, VXLAN_STAT_COUNTS_MAP_FULL,
+    VXLAN_STAT_NO_DEV, VXLAN_STAT_NO_TUNNEL_KEY, VXLAN_STAT_SLOTS, VXLAN_STAT_UNKNOWN_DEV,
+    VxlanCountKey, VxlanCounters, VxlanDev, VxlanPath, VxlanPathKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,52 @@ pub fn drops(ebpf: &aya::Ebpf) -> Result<HashMap<DropKey, Counter>, CountersErro
     Ok(out)
 }
 
-/// `IF_COUNTS`: fragments and VXLAN traffic per (netns, device, direction).
+/// `VXLAN_COUNTS`: VXLAN frames per (netns, device, VNI, direction) from the tc programs.
+pub fn vxlan_counts(
+    ebpf: &aya::Ebpf,
+) -> Result<HashMap<VxlanCountKey, VxlanCounters>, CountersError> {
+    let m: PerCpuHashMap<&MapData, VxlanCountKey, VxlanCounters> =
+        PerCpuHashMap::try_from(map(ebpf, "VXLAN_COUNTS")?).map_err(map_err("VXLAN_COUNTS"))?;
+    let mut out = HashMap::new();
+    for item in m.iter() {
+        let (k, per_cpu) = item.map_err(map_err("VXLAN_COUNTS"))?;
+        let mut s = VxlanCounters::default();
+        for c in per_cpu.iter() {
+            s.packets += c.packets;
+            s.bytes += c.bytes;
+            s.oversize += c.oversize;
+            s.no_path += c.no_path;
+        }
+        out.insert(k, s);
+    }
+    Ok(out)
+}
+
+/// Health of the VXLAN tc programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VxlanStats {
+    /// Frames not counted per VNI because `VXLAN_COUNTS` was full.
+    pub counts_map_full: u64,
+    /// Frames on a device not (yet / any more) in `VXLAN_DEVS`.
+    pub unknown_device: u64,
+    /// Frames of external devices without a readable tunnel key.
+    pub no_tunnel_key: u64,
+    /// Frames whose device or namespace could not be read.
+    pub no_device: u64,
+}
+
+pub fn vxlan_stats(ebpf: &aya::Ebpf) -> Result<VxlanStats, CountersError> {
+    let v = per_cpu_array_sum(ebpf, "VXLAN_STATS", VXLAN_STAT_SLOTS)?;
+    Ok(VxlanStats {
+        counts_map_full: v[VXLAN_STAT_COUNTS_MAP_FULL as usize],
+        unknown_device: v[VXLAN_STAT_UNKNOWN_DEV as usize],
+        no_tunnel_key: v[VXLAN_STAT_NO_TUNNEL_KEY as usize],
+        no_device: v[VXLAN_STAT_NO_DEV as usize],
+    })
+}
+
+/// `IF_COUNTS`: fragments per (netns, device, direction), with the VXLAN figures of
+/// `VXLAN_COUNTS` summed over VNIs into the same keys.
 pub fn interfaces(ebpf: &aya::Ebpf) -> Result<HashMap<IfKey, IfCounters>, CountersError> {
     let m: PerCpuHashMap<&MapData, IfKey, IfCounters> =
         PerCpuHashMap::try_from(map(ebpf, "IF_COUNTS")?).map_err(map_err("IF_COUNTS"))?;
@@ -66,6 +113,22 @@ pub fn interfaces(ebpf: &aya::Ebpf) -> Result<HashMap<IfKey, IfCounters>, Counte
             s.vxlan_oversize += c.vxlan_oversize;
         }
         out.insert(k, s);
+    }
+    // Objects without the VXLAN programs (none today) simply contribute nothing.
+    if ebpf.map("VXLAN_COUNTS").is_some() {
+        for (k, c) in vxlan_counts(ebpf)? {
+            let e = out
+                .entry(IfKey {
+                    netns: k.netns,
+                    ifindex: k.ifindex,
+                    direction: k.direction,
+                    _pad: 0,
+                })
+                .or_default();
+            e.vxlan_packets += c.packets;
+            e.vxlan_bytes += c.bytes;
+            e.vxlan_oversize += c.oversize;
+        }
     }
     Ok(out)
 }
@@ -121,7 +184,10 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
 pub fn forget_netns(ebpf: &mut aya::Ebpf, netns: u32) -> Result<usize, CountersError> {
     Ok(
         remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| k.netns == netns)?
-            + remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?,
+            + remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?
+            + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
+                k.netns == netns
+            })?,
     )
 }
 
@@ -140,6 +206,57 @@ fn remove_keys<K: aya::Pod, V: aya::Pod>(
         .filter(|k| doomed(k))
         .collect();
     Ok(keys.iter().filter(|k| m.remove(k).is_ok()).count())
+}
+
+/// Replaces the contents of `VXLAN_PATHS` with `paths`.
+pub fn set_vxlan_paths(
+    ebpf: &mut aya::Ebpf,
+    paths: &HashMap<VxlanPathKey, VxlanPath>,
+) -> Result<(), CountersError> {
+    let m = ebpf
+        .map_mut("VXLAN_PATHS")
+        .ok_or(CountersError::MissingMap("VXLAN_PATHS"))?;
+    let mut m: BpfHashMap<&mut MapData, VxlanPathKey, VxlanPath> =
+        BpfHashMap::try_from(m).map_err(map_err("VXLAN_PATHS"))?;
+    let stale: Vec<VxlanPathKey> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !paths.contains_key(k))
+        .collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    for (k, v) in paths {
+        if m.get(k, 0).ok().as_ref() != Some(v) {
+            m.insert(k, v, 0).map_err(map_err("VXLAN_PATHS"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `VXLAN_PATHS` contents for a topology's VXLAN devices.
+pub fn vxlan_paths_from(
+    entries: &[crate::net::topology::VxlanMapEntry],
+) -> HashMap<VxlanPathKey, VxlanPath> {
+    let mut out = HashMap::new();
+    for e in entries {
+        for (kind, addr, mtu) in &e.paths {
+            out.insert(
+                VxlanPathKey {
+                    netns: e.netns_inode,
+                    ifindex: e.ifindex,
+                    kind: *kind,
+                    _pad: 0,
+                    addr: *addr,
+                },
+                VxlanPath {
+                    path_mtu: *mtu,
+                    _pad: 0,
+                },
+            );
+        }
+    }
+    out
 }
 
 /// Replaces the contents of `VXLAN_DEVS` with `devs`.
@@ -183,6 +300,8 @@ pub fn vxlan_map_from(
                     underlay_mtu: e.underlay_mtu,
                     overhead: e.overhead,
                     vni: e.vni,
+                    flags: if e.external { VXLAN_DEV_EXTERNAL } else { 0 },
+                    mtu: e.mtu,
                     _pad: 0,
                 },
             )

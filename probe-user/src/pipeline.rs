@@ -358,6 +358,8 @@ pub struct Pipeline {
     forget_removed_netns: bool,
     /// Oversize counts last reported per mismatched VXLAN device.
     evidence: HashMap<(u32, u32), u64>,
+    /// The VXLAN devices the VXLAN tc programs are attached to.
+    vxlan_hooks: std::sync::Mutex<crate::net::tc_attach::VxlanHooks>,
     pressure: crate::pressure::Tracker,
     pressure_threshold: Option<f64>,
     pressure_events: PressureEventCounts,
@@ -419,6 +421,7 @@ impl Pipeline {
             oom_name_wait: cfg.oom_name_wait,
             forget_removed_netns: cfg.forget_removed_netns,
             evidence: HashMap::new(),
+            vxlan_hooks: Default::default(),
             pressure,
             pressure_threshold: cfg.pressure_threshold,
             pressure_events: PressureEventCounts::default(),
@@ -513,16 +516,16 @@ impl Pipeline {
         &self.attributor
     }
 
-    /// Loads the topology's VXLAN devices into the kernel's `VXLAN_DEVS` map.
+    /// Loads the topology's VXLAN devices and paths into the kernel's maps and attaches the
+    /// VXLAN tc programs to new devices (detaching them from gone ones).
     fn sync_vxlan_map(&self) {
         let Some(t) = &self.topology else { return };
-        let entries = t.snapshot().vxlan_map_entries();
-        let devs = net_counters::vxlan_map_from(&entries);
+        let mut hooks = self.vxlan_hooks.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self
             .kernel
-            .with_ebpf_mut(|ebpf| net_counters::set_vxlan_devices(ebpf, &devs))
+            .with_ebpf_mut(|ebpf| t.sync_vxlan_hooks(ebpf, &mut hooks))
         {
-            warn!(error = %e, "cannot update the VXLAN device map");
+            warn!(error = %e, "cannot update the VXLAN device maps");
         }
     }
 

@@ -11,8 +11,7 @@ use common::{Snmp, delta as d, if_sum, load};
 use fathom::{
     btf::Btf,
     drop_reason::ReasmCause,
-    loader, net,
-    net_counters::{self, set_vxlan_devices, vxlan_map_from},
+    loader, net, net_counters,
     netreport::{NetInterpreter, NetTotals},
 };
 use fathom_tests::{
@@ -33,7 +32,8 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Starts the topology service, waits until it knows `ns`'s VXLAN device, and loads the
-/// VXLAN map the way the daemon does.
+/// VXLAN maps and attaches the VXLAN tc programs the way the daemon does — to this test's
+/// devices only (other tests' devices would make the counts theirs too).
 fn topology_with_vxlan(
     rt: &tokio::runtime::Runtime,
     l: &mut loader::Loaded,
@@ -46,8 +46,15 @@ fn topology_with_vxlan(
             .all(|n| snap.vxlans.iter().any(|v| v.netns as u64 == n.inode()))
     });
     assert!(ok, "topology never saw the VXLAN devices");
-    let entries = topo.snapshot().vxlan_map_entries();
-    set_vxlan_devices(&mut l.ebpf, &vxlan_map_from(&entries)).expect("VXLAN_DEVS");
+    let mut snap = (*topo.snapshot()).clone();
+    snap.vxlans
+        .retain(|v| ns.iter().any(|n| v.netns as u64 == n.inode()));
+    let mut hooks = net::tc_attach::VxlanHooks::default();
+    hooks
+        .sync(&mut l.ebpf, &snap, |ino| topo.netns_handle(ino))
+        .expect("VXLAN hooks");
+    assert!(hooks.failures.is_empty(), "{:?}", hooks.failures);
+    assert_eq!(hooks.attached().len(), ns.len());
     topo
 }
 

@@ -7,9 +7,13 @@
 //!   ReasmTimeout / ReasmFails);
 //! - `fathom_ip_fragments_total{namespace,pod,netns,device,direction}` (`IF_COUNTS`);
 //! - `fathom_vxlan_packets_total{netns,device,vni,direction}`,
-//!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`IF_COUNTS` of the devices in
-//!   `VXLAN_DEVS`) and `fathom_vxlan_drops_total{netns,device,vni,reason}` (`DROPS` on a VXLAN
-//!   device or with a VXLAN reason).
+//!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`VXLAN_COUNTS` of the tc
+//!   programs on VXLAN devices: the packet's own VNI — the tunnel key's on `external`
+//!   devices —, oversize against the path MTU of the packet's own remote) and
+//!   `fathom_vxlan_drops_total{netns,device,vni,reason}` (`DROPS` on a VXLAN device or with a
+//!   VXLAN reason). At most [`VNI_CAP`] VNIs per device get their own series (the first
+//!   seen); later ones share `vni="other"` and are counted in
+//!   `fathom_vxlan_vni_folded_packets_total{netns,device}`.
 //!
 //! Both maps are read once per scrape, each kernel key is labelled (namespace owner from
 //! [`NetnsOwners`], device names and VNIs from the topology snapshot, else `if<index>`) and fed
@@ -42,7 +46,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::{Counter, DIRECTION_TX, DropKey, IfCounters, IfKey};
+use probe_common::{
+    Counter, DIRECTION_TX, DropKey, IfCounters, IfKey, VxlanCountKey, VxlanCounters,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -63,6 +69,12 @@ use crate::{
     netreport::{NetInterpreter, counts_as_failure},
     pipeline::Kernel,
 };
+
+/// VNIs per VXLAN device with a series of their own; the rest are folded into `vni="other"`.
+pub const VNI_CAP: usize = 64;
+
+/// The `vni` label of folded VNIs.
+pub const VNI_OTHER: &str = "other";
 
 /// Longest the counts of a newly seen namespace wait for its final labels (two topology
 /// rescans and a runtime lookup).
@@ -102,9 +114,33 @@ struct Readings {
     drops: Vec<Reading<DropKey, DropSeries>>,
     reasm: Vec<Reading<DropKey, ReasmSeries>>,
     fragments: Vec<Reading<IfKey, FragmentSeries>>,
-    vxlan_packets: Vec<Reading<IfKey, VxlanPacketSeries>>,
-    vxlan_oversize: Vec<Reading<IfKey, VxlanLabels>>,
+    vxlan_packets: Vec<Reading<VxlanCountKey, VxlanPacketSeries>>,
+    vxlan_oversize: Vec<Reading<VxlanCountKey, VxlanLabels>>,
     vxlan_drops: Vec<Reading<DropKey, VxlanDropSeries>>,
+    vxlan_folded: Vec<Reading<VxlanCountKey, VxlanLabels>>,
+}
+
+/// Which VNIs of each device have a series of their own (see [`VNI_CAP`]).
+#[derive(Debug, Default)]
+struct VniSlots(HashMap<(u32, u32), HashSet<u32>>);
+
+impl VniSlots {
+    /// Whether `vni` of device (netns, ifindex) keeps its own label; claims a slot if free.
+    fn own(&mut self, netns: u32, ifindex: u32, vni: u32) -> bool {
+        let set = self.0.entry((netns, ifindex)).or_default();
+        if set.contains(&vni) {
+            return true;
+        }
+        if set.len() < VNI_CAP {
+            set.insert(vni);
+            return true;
+        }
+        false
+    }
+
+    fn retain(&mut self, present: &HashSet<(u32, u32)>) {
+        self.0.retain(|k, _| present.contains(k));
+    }
 }
 
 fn direction(k: &IfKey) -> &'static str {
@@ -138,15 +174,54 @@ fn vxlan_labels(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -
 }
 
 /// Labels every kernel key of one snapshot of the maps whose namespace is `ready`.
+#[allow(clippy::too_many_arguments)]
 fn readings(
     interpreter: &NetInterpreter,
     drops: &HashMap<DropKey, Counter>,
     ifs: &HashMap<IfKey, IfCounters>,
+    vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
     topology: Option<&TopologySnapshot>,
     labeler: &mut NetnsLabeler<'_>,
     ready: &HashSet<u32>,
+    slots: &mut VniSlots,
 ) -> Readings {
     let mut r = Readings::default();
+    // In VNI order, so that which VNIs keep their own series does not depend on hash order.
+    let mut keys: Vec<&VxlanCountKey> = vxlan.keys().collect();
+    keys.sort_by_key(|k| (k.netns, k.ifindex, k.vni, k.direction));
+    for k in keys {
+        if !ready.contains(&k.netns) {
+            continue;
+        }
+        let c = vxlan[k];
+        let mut labels = VxlanLabels {
+            netns: netns_label(k.netns),
+            device: device_name(topology, k.netns, k.ifindex),
+            vni: k.vni.to_string(),
+        };
+        let anchor = netns_anchor(k.netns);
+        if !slots.own(k.netns, k.ifindex, k.vni) {
+            labels.vni = VNI_OTHER.to_string();
+            let dev_labels = VxlanLabels {
+                vni: String::new(),
+                ..labels.clone()
+            };
+            r.vxlan_folded
+                .push((*k, c.packets, dev_labels, anchor.clone()));
+        }
+        let dir = if k.direction == DIRECTION_TX {
+            "tx"
+        } else {
+            "rx"
+        };
+        if k.direction == DIRECTION_TX {
+            // Present (at 0) for every transmitting VXLAN device, so that "no oversize
+            // frames" is a value, not a missing series.
+            r.vxlan_oversize
+                .push((*k, c.oversize, labels.clone(), anchor.clone()));
+        }
+        r.vxlan_packets.push((*k, c.packets, (labels, dir), anchor));
+    }
     for (k, c) in drops {
         if !ready.contains(&k.netns) {
             continue;
@@ -188,18 +263,6 @@ fn readings(
             r.fragments
                 .push((*k, c.frag_packets, (labels, device, direction(k)), anchor));
         }
-        if c.vxlan_packets > 0 {
-            let labels = vxlan_labels(topology, k.netns, k.ifindex);
-            let anchor = netns_anchor(k.netns);
-            if k.direction == DIRECTION_TX {
-                // Present (at 0) for every transmitting VXLAN device, so that "no oversize
-                // frames" is a value, not a missing series.
-                r.vxlan_oversize
-                    .push((*k, c.vxlan_oversize, labels.clone(), anchor.clone()));
-            }
-            r.vxlan_packets
-                .push((*k, c.vxlan_packets, (labels, direction(k)), anchor));
-        }
     }
     r
 }
@@ -210,9 +273,13 @@ struct State {
     drops: CumulativeCounters<DropKey, DropSeries>,
     reasm: CumulativeCounters<DropKey, ReasmSeries>,
     fragments: CumulativeCounters<IfKey, FragmentSeries>,
-    vxlan_packets: CumulativeCounters<IfKey, VxlanPacketSeries>,
-    vxlan_oversize: CumulativeCounters<IfKey, VxlanLabels>,
+    vxlan_packets: CumulativeCounters<VxlanCountKey, VxlanPacketSeries>,
+    vxlan_oversize: CumulativeCounters<VxlanCountKey, VxlanLabels>,
     vxlan_drops: CumulativeCounters<DropKey, VxlanDropSeries>,
+    vxlan_folded: CumulativeCounters<VxlanCountKey, VxlanLabels>,
+    vni_slots: VniSlots,
+    /// Sum of `no_path` over the VXLAN keys of the last reading.
+    no_path_total: u64,
     /// When each namespace in the maps was first seen (see [`NAMING_GRACE`]), and whether its
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
@@ -238,6 +305,9 @@ impl State {
             vxlan_packets: CumulativeCounters::new(ttl),
             vxlan_oversize: CumulativeCounters::new(ttl),
             vxlan_drops: CumulativeCounters::new(ttl),
+            vxlan_folded: CumulativeCounters::new(ttl),
+            vni_slots: VniSlots::default(),
+            no_path_total: 0,
         }
     }
 
@@ -248,6 +318,7 @@ impl State {
         &mut self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
+        vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         listed: &ListedNetns,
         labeler: &mut NetnsLabeler<'_>,
         now: Instant,
@@ -256,6 +327,7 @@ impl State {
             .keys()
             .map(|k| k.netns)
             .chain(ifs.keys().map(|k| k.netns))
+            .chain(vxlan.keys().map(|k| k.netns))
             .collect();
         self.first_seen.retain(|ns, _| present.contains(ns));
         let ever_listed = &self.ever_listed;
@@ -283,7 +355,9 @@ impl State {
         self.vxlan_packets.observe(r.vxlan_packets, now);
         self.vxlan_oversize.observe(r.vxlan_oversize, now);
         self.vxlan_drops.observe(r.vxlan_drops, now);
+        self.vxlan_folded.observe(r.vxlan_folded, now);
         self.drops.expire(now, alive)
+            + self.vxlan_folded.expire(now, alive)
             + self.reasm.expire(now, alive)
             + self.fragments.expire(now, alive)
             + self.vxlan_packets.expire(now, alive)
@@ -372,12 +446,24 @@ impl State {
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_oversize_packets",
-            "Frames sent through a VXLAN device whose encapsulated packet exceeds the underlay device's MTU: they are fragmented (or dropped with DF)",
+            "Frames sent through a VXLAN device whose encapsulated packet exceeds the path MTU to the frame's own remote VTEP: they are fragmented (or dropped with DF)",
             None,
             MetricType::Counter,
         )?;
         for (vx, v) in self.vxlan_oversize.store_mut().scrape([]) {
             ConstCounter::new(v).encode(f.encode_family(&vx.pairs())?)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_vxlan_vni_folded_packets",
+            "Frames of VNIs beyond the per-device cap of VNI series, counted under vni=\"other\" instead of their own VNI",
+            None,
+            MetricType::Counter,
+        )?;
+        for (vx, v) in self.vxlan_folded.store().snapshot() {
+            ConstCounter::new(v).encode(f.encode_family(&[
+                ("netns", vx.netns.as_str()),
+                ("device", vx.device.as_str()),
+            ])?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_drops",
@@ -421,21 +507,30 @@ impl NetworkSeries {
         &self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
+        vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         topology: Option<&TopologySnapshot>,
         now: Instant,
     ) -> Vec<u32> {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
-        let ready = state.ready(drops, ifs, &listed, &mut labeler, now);
+        let ready = state.ready(drops, ifs, vxlan, &listed, &mut labeler, now);
+        state
+            .vni_slots
+            .retain(&vxlan.keys().map(|k| (k.netns, k.ifindex)).collect());
+        let mut slots = std::mem::take(&mut state.vni_slots);
         let r = readings(
             &self.interpreter,
             drops,
             ifs,
+            vxlan,
             topology,
             &mut labeler,
             &ready,
+            &mut slots,
         );
+        state.vni_slots = slots;
+        state.no_path_total = vxlan.values().map(|c| c.no_path).sum();
         let expired = state.update(r, now, &|a: &Anchor| listed.alive(a));
         if expired > 0 {
             debug!(expired, "network series of gone namespaces expired");
@@ -502,14 +597,19 @@ impl Collector for NetworkCounters {
             Ok::<_, net_counters::CountersError>((
                 net_counters::drops(ebpf)?,
                 net_counters::interfaces(ebpf)?,
+                if ebpf.map("VXLAN_COUNTS").is_some() {
+                    net_counters::vxlan_counts(ebpf)?
+                } else {
+                    HashMap::new()
+                },
             ))
         });
         match maps {
-            Ok((drops, ifs)) => {
+            Ok((drops, ifs, vxlan)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
-                let gone = self
-                    .series
-                    .update(&drops, &ifs, topology.as_deref(), Instant::now());
+                let gone =
+                    self.series
+                        .update(&drops, &ifs, &vxlan, topology.as_deref(), Instant::now());
                 // Read, then deleted: a gone namespace's last counts are in the series now,
                 // and a new namespace reusing the inode starts from zero in the kernel.
                 for ns in gone {
@@ -527,7 +627,33 @@ impl Collector for NetworkCounters {
             // The last values stay exported: better than counters that vanish for a scrape.
             Err(e) => warn!(error = %e, "cannot read the network counters"),
         }
-        self.series.lock().encode(&mut encoder)
+        self.series.lock().encode(&mut encoder)?;
+        // What the VXLAN tc programs could not count per device and VNI, or not judge.
+        let stats = self.kernel.with_ebpf(|ebpf| {
+            ebpf.map("VXLAN_STATS")
+                .is_some()
+                .then(|| net_counters::vxlan_stats(ebpf).ok())
+                .flatten()
+        });
+        let no_path: u64 = self.series.lock().no_path_total;
+        if let Some(st) = stats {
+            let mut f = encoder.encode_descriptor(
+                "fathom_vxlan_uncounted_packets",
+                "VXLAN frames the tc programs could not fully count: map_full (no room for a new device/VNI key: missing from fathom_vxlan_packets_total), unknown_device (device not yet in the map), no_tunnel_key (external device, no tunnel key: counted under the device's VNI), no_device (device unreadable), no_path (remote's path MTU unknown: not judged for oversize)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("map_full", st.counts_map_full),
+                ("unknown_device", st.unknown_device),
+                ("no_tunnel_key", st.no_tunnel_key),
+                ("no_device", st.no_device),
+                ("no_path", no_path),
+            ] {
+                ConstCounter::new(n).encode(f.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -618,6 +744,7 @@ mod tests {
             local: None,
             external: false,
             underlay: None,
+            remotes: Vec::new(),
         });
         t
     }
@@ -637,10 +764,11 @@ mod tests {
             &self,
             drops: &HashMap<DropKey, Counter>,
             ifs: &HashMap<IfKey, IfCounters>,
+            vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
             t: Option<&TopologySnapshot>,
             now: Instant,
         ) {
-            self.0.update(drops, ifs, t, now);
+            self.0.update(drops, ifs, vxlan, t, now);
         }
 
         /// What a scraper sees from its second scrape on (a new series is scraped at 0 once
@@ -665,7 +793,13 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let topo = topo();
-        c.update(&HashMap::new(), &HashMap::new(), Some(&topo), t0);
+        c.update(
+            &HashMap::new(),
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo),
+            t0,
+        );
         let text = c.text();
         for cause in ZERO_CAUSES {
             let line = format!(
@@ -677,7 +811,8 @@ mod tests {
         let drops = HashMap::from([(key(POD_NS, 3, 2, 0xffff_ffff_8100_0100), packets(9))]);
         let mut gone = topology(HOST, &[]);
         gone.generation = topo.generation + 1;
-        let forget = c.0.update(&drops, &HashMap::new(), Some(&gone), t0);
+        let forget =
+            c.0.update(&drops, &HashMap::new(), &HashMap::new(), Some(&gone), t0);
         assert_eq!(forget, vec![POD_NS]);
         let text = c.text();
         assert!(
@@ -721,7 +856,13 @@ mod tests {
         drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0810), packets(1));
         drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0a10), packets(3));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(4));
-        c.update(&drops, &HashMap::new(), Some(&t), Instant::now());
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&t),
+            Instant::now(),
+        );
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
         has(
@@ -768,18 +909,19 @@ mod tests {
                 ..Default::default()
             },
         );
-        ifs.insert(
-            if_key(HOST, 5, DIRECTION_TX),
-            IfCounters {
-                vxlan_packets: 10,
-                vxlan_oversize: 4,
+        let mut vx = HashMap::new();
+        vx.insert(
+            vx_key(HOST, 5, 42, DIRECTION_TX),
+            VxlanCounters {
+                packets: 10,
+                oversize: 4,
                 ..Default::default()
             },
         );
-        ifs.insert(
-            if_key(HOST, 5, DIRECTION_RX),
-            IfCounters {
-                vxlan_packets: 8,
+        vx.insert(
+            vx_key(HOST, 5, 42, DIRECTION_RX),
+            VxlanCounters {
+                packets: 8,
                 ..Default::default()
             },
         );
@@ -787,8 +929,8 @@ mod tests {
         drops.insert(key(HOST, 5, 80, 0xffff_ffff_8100_1004), packets(2));
         // The pod namespace has no owner: its counts wait for the grace period.
         let t0 = Instant::now();
-        c.update(&drops, &ifs, Some(&t), t0);
-        c.update(&drops, &ifs, Some(&t), t0 + NAMING_GRACE);
+        c.update(&drops, &ifs, &vx, Some(&t), t0);
+        c.update(&drops, &ifs, &vx, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
         has(
@@ -841,7 +983,7 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
         // Not listed yet: the named pod's namespace is exported at once, the new one waits.
-        c.update(&drops, &rx(3), Some(&topo()), t0);
+        c.update(&drops, &rx(3), &HashMap::new(), Some(&topo()), t0);
         let text = c.text();
         assert!(text.contains(r#"pod="web-0""#), "{text}");
         assert!(!text.contains(r#"netns="4026532200""#), "{text}");
@@ -863,7 +1005,13 @@ mod tests {
         );
         // Listed, devices named, no owner: its labels will not get better by waiting, so
         // everything is exported at once under the device's name.
-        c.update(&drops, &rx(5), Some(&t), t0 + NAMING_GRACE / 2);
+        c.update(
+            &drops,
+            &rx(5),
+            &HashMap::new(),
+            Some(&t),
+            t0 + NAMING_GRACE / 2,
+        );
         let text = c.text();
         assert!(
             text.contains(
@@ -881,11 +1029,18 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let drops = |n| HashMap::from([(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(n))]);
-        c.update(&drops(5), &HashMap::new(), Some(&topo()), t0);
+        c.update(
+            &drops(5),
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0,
+        );
         // Briefly not listed (gone, or a rescan in between): its counts stay exported...
         let unlisted = topology(HOST, &[]);
         c.update(
             &drops(6),
+            &HashMap::new(),
             &HashMap::new(),
             Some(&unlisted),
             t0 + NAMING_GRACE / 2,
@@ -894,10 +1049,17 @@ mod tests {
         c.update(
             &drops(6),
             &HashMap::new(),
+            &HashMap::new(),
             Some(&unlisted),
             t0 + NAMING_GRACE,
         );
-        c.update(&drops(7), &HashMap::new(), Some(&topo()), t0 + NAMING_GRACE);
+        c.update(
+            &drops(7),
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0 + NAMING_GRACE,
+        );
         let text = c.text();
         assert!(
             text.contains(
@@ -916,17 +1078,35 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
-        c.update(&drops, &HashMap::new(), Some(&topo()), t0);
+        c.update(&drops, &HashMap::new(), &HashMap::new(), Some(&topo()), t0);
         // The pod's namespace is gone; its kernel entry stays.
         let gone = topology(HOST, &[]);
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(3));
-        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL / 2);
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            t0 + TTL / 2,
+        );
         assert!(
             c.text().contains(r#"netns="4026532100""#),
             "not before the TTL"
         );
-        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL);
-        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL * 2);
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            t0 + TTL,
+        );
+        c.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            t0 + TTL * 2,
+        );
         let text = c.text();
         assert!(!text.contains(r#"netns="4026532100""#), "{text}");
         assert!(
@@ -945,15 +1125,15 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
-        let mut ifs = HashMap::new();
-        ifs.insert(
-            if_key(HOST, 5, DIRECTION_TX),
-            IfCounters {
-                vxlan_packets: 1,
+        let mut vx = HashMap::new();
+        vx.insert(
+            vx_key(HOST, 5, 42, DIRECTION_TX),
+            VxlanCounters {
+                packets: 1,
                 ..Default::default()
             },
         );
-        c.update(&drops, &ifs, Some(&topo()), Instant::now());
+        c.update(&drops, &HashMap::new(), &vx, Some(&topo()), Instant::now());
         let text = c.text();
         assert!(
             text.contains(
@@ -966,5 +1146,53 @@ mod tests {
             "{text}"
         );
         assert!(owners.asked.lock().unwrap().is_empty());
+    }
+
+    fn vx_key(netns: u32, ifindex: u32, vni: u32, direction: u32) -> VxlanCountKey {
+        VxlanCountKey {
+            netns,
+            ifindex,
+            vni,
+            direction,
+        }
+    }
+
+    #[test]
+    fn vnis_beyond_the_cap_fold_into_one_series_and_are_counted() {
+        let (c, _) = counters(FixedOwners::default(), true);
+        let mut vx = HashMap::new();
+        for vni in 0..(VNI_CAP as u32 + 3) {
+            vx.insert(
+                vx_key(HOST, 5, 1000 + vni, DIRECTION_TX),
+                VxlanCounters {
+                    packets: 2,
+                    oversize: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        c.update(
+            &HashMap::new(),
+            &HashMap::new(),
+            &vx,
+            Some(&topo()),
+            Instant::now(),
+        );
+        let text = c.text();
+        let per_vni = text
+            .lines()
+            .filter(|l| l.starts_with("fathom_vxlan_packets_total{"))
+            .count();
+        assert_eq!(per_vni, VNI_CAP + 1, "{text}");
+        // The lowest VNIs keep their series; the three highest share "other".
+        assert!(text.contains(r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="1000",direction="tx"} 2"#), "{text}");
+        assert!(text.contains(r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="other",direction="tx"} 6"#), "{text}");
+        assert!(text.contains(r#"fathom_vxlan_oversize_packets_total{netns="4026531840",device="vx0",vni="other"} 3"#), "{text}");
+        assert!(
+            text.contains(
+                r#"fathom_vxlan_vni_folded_packets_total{netns="4026531840",device="vx0"} 6"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -6,8 +6,14 @@
 //!   (`cause="queue_overflow"`). `family` is `ipv4` or `ipv6` (absent when IPv6 is off).
 //! - `fathom_interface_mtu_bytes{netns,device}` of every VXLAN device and of its underlay;
 //! - `fathom_overlay_mtu_mismatch{netns,device,vni,underlay}`: 1 while the VXLAN device's MTU
-//!   exceeds its underlay's MTU minus the encapsulation overhead, else 0 (devices whose
-//!   underlay is unknown are not judged and have no series).
+//!   exceeds the path MTU to one of its remotes through that underlay minus the encapsulation
+//!   overhead, else 0 — one series per underlay device the device's remotes are reached
+//!   through (devices whose underlay is unknown are not judged and have no series);
+//! - `fathom_overlay_mtu_mismatch_remotes{netns,device,vni,underlay}`: how many remote VTEPs
+//!   through that underlay the device's MTU does not fit (their addresses are in the
+//!   `mtu_mismatch` event and log line);
+//! - `fathom_overlay_path_mtu_bytes{netns,device,underlay}`: the smallest path MTU (route
+//!   `mtu`, cached PMTU exception or device MTU) to the device's remotes through that underlay.
 //!
 //! Gauges are encoded from the current state, so a gone namespace's or device's series simply
 //! stops. Fragment memory has to be read inside each namespace (a `setns` worker thread),
@@ -76,6 +82,33 @@ fn interface_mtus(t: &TopologySnapshot) -> BTreeMap<(u32, String), u32> {
         if let Some(u) = &v.underlay {
             out.insert((u.netns, u.name.clone()), u.mtu);
         }
+        for u in v.remotes.iter().filter_map(|r| r.underlay.as_ref()) {
+            out.insert((u.netns, u.name.clone()), u.mtu);
+        }
+    }
+    out
+}
+
+/// Per underlay device of a VXLAN device: (smallest path MTU, remotes the MTU does not fit,
+/// mismatched). Underlays come from the remotes' routes, else the device-level underlay.
+fn per_underlay(v: &crate::net::VxlanDevice) -> BTreeMap<String, (Option<u32>, u32, bool)> {
+    let mut out: BTreeMap<String, (Option<u32>, u32, bool)> = BTreeMap::new();
+    for r in &v.remotes {
+        let (Some(u), Some(p)) = (&r.underlay, r.path_mtu) else {
+            continue;
+        };
+        let e = out.entry(u.name.clone()).or_insert((None, 0, false));
+        e.0 = Some(e.0.map_or(p, |x: u32| x.min(p)));
+    }
+    if out.is_empty()
+        && let Some(u) = &v.underlay
+    {
+        out.insert(u.name.clone(), (Some(u.mtu), 0, false));
+    }
+    for m in v.mismatches() {
+        let e = out.entry(m.underlay.clone()).or_insert((None, 0, false));
+        e.1 = m.remotes_total;
+        e.2 = true;
     }
     out
 }
@@ -178,17 +211,49 @@ impl NetworkGauges {
             None,
             MetricType::Gauge,
         )?;
-        if let Some(t) = topology {
-            for v in &t.vxlans {
-                let Some(u) = &v.underlay else { continue };
-                ConstGauge::new(u32::from(v.mismatch().is_some())).encode(f.encode_family(
-                    &[
-                        ("netns", netns_label(v.netns).as_str()),
-                        ("device", v.device.as_str()),
-                        ("vni", v.vni.to_string().as_str()),
-                        ("underlay", u.name.as_str()),
-                    ],
-                )?)?;
+        let judged: Vec<_> = topology
+            .map(|t| t.vxlans.iter().map(|v| (v, per_underlay(v))).collect())
+            .unwrap_or_default();
+        for (v, us) in &judged {
+            for (u, (_, _, bad)) in us {
+                ConstGauge::new(u32::from(*bad)).encode(f.encode_family(&[
+                    ("netns", netns_label(v.netns).as_str()),
+                    ("device", v.device.as_str()),
+                    ("vni", v.vni.to_string().as_str()),
+                    ("underlay", u.as_str()),
+                ])?)?;
+            }
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_overlay_mtu_mismatch_remotes",
+            "Remote VTEPs reached through this underlay whose path MTU the VXLAN device's MTU plus encapsulation overhead exceeds (addresses in the mtu_mismatch event)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (v, us) in &judged {
+            for (u, (_, n, _)) in us {
+                ConstGauge::new(*n).encode(f.encode_family(&[
+                    ("netns", netns_label(v.netns).as_str()),
+                    ("device", v.device.as_str()),
+                    ("vni", v.vni.to_string().as_str()),
+                    ("underlay", u.as_str()),
+                ])?)?;
+            }
+        }
+        let mut f = encoder.encode_descriptor(
+            "fathom_overlay_path_mtu",
+            "Smallest path MTU (route mtu, cached path-MTU exception, or device MTU) from a VXLAN device to its remote VTEPs through this underlay",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        for (v, us) in &judged {
+            for (u, (p, _, _)) in us {
+                let Some(p) = p else { continue };
+                ConstGauge::new(*p).encode(f.encode_family(&[
+                    ("netns", netns_label(v.netns).as_str()),
+                    ("device", v.device.as_str()),
+                    ("underlay", u.as_str()),
+                ])?)?;
             }
         }
         Ok(())
@@ -252,6 +317,7 @@ mod tests {
                 mtu: m,
                 source: UnderlaySource::Link,
             }),
+            remotes: Vec::new(),
         };
         t.vxlans = vec![
             vx("vx0", 1500, Some(1500)),

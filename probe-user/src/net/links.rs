@@ -18,6 +18,13 @@
 //! and moves them into the sandbox). The kernel then reports `IFLA_LINK_NETNSID`, an id local
 //! to the device's current namespace; it is mapped back to a namespace inode with
 //! `RTM_GETNSID` over the fds of the known namespaces, and steps 1–3 apply in that namespace.
+//!
+//! Remotes: besides the device-level underlay, every remote VTEP of a device is listed with
+//! the path its outer packets take (see [`super::fdb`] and [`super::routes`]): the `dst`s of
+//! its FDB entries (which include the default `remote`), and for `external` devices the
+//! remotes of the lightweight-tunnel routes through it. Their routes are looked up in the
+//! link namespace, with the `dev` as output interface when one was given (`vxlan_xmit_one`
+//! routes with `oif = rdst->remote_ifindex`).
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -33,8 +40,92 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::Serialize;
 use tracing::trace;
 
+use super::fdb::{FdbEntry, dump_fdb};
+use super::routes::{EncapRoute, RouteTo, dump_encap_routes, route_get};
 use super::rtnl::Rtnl;
 use super::{NetError, NetnsInode};
+
+/// Where a remote VTEP of a device was learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteSource {
+    /// A bridge FDB entry's `dst` (includes the default `remote`).
+    Fdb,
+    /// A lightweight-tunnel route through an external device (`encap ip … dst R`).
+    EncapRoute,
+}
+
+/// One remote VTEP of a VXLAN device and the route its outer packets take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteSpec {
+    pub addr: IpAddr,
+    pub source: RemoteSource,
+    /// Inner MACs the FDB sends to this remote (all zeros = the default destination).
+    #[serde(skip)]
+    pub macs: Vec<[u8; 6]>,
+    /// VNIs used towards this remote (encap route ids, FDB `vni`), sorted.
+    pub vnis: Vec<u32>,
+    /// The route in the link namespace; None when unknown or unroutable.
+    pub route: Option<RouteTo>,
+}
+
+impl RemoteSpec {
+    /// Whether the device's default destination (all-zeros FDB entry) includes this remote.
+    pub fn is_default(&self) -> bool {
+        self.macs.contains(&[0; 6])
+    }
+}
+
+/// The remotes of device `ifindex` from its FDB entries and the encap routes through it,
+/// one per address, in address order.
+pub fn remotes_of(ifindex: u32, fdb: &[FdbEntry], encap: &[EncapRoute]) -> Vec<RemoteSpec> {
+    let mut out: std::collections::BTreeMap<IpAddr, RemoteSpec> = Default::default();
+    for e in fdb.iter().filter(|e| e.ifindex == ifindex) {
+        let r = out.entry(e.dst).or_insert_with(|| RemoteSpec {
+            addr: e.dst,
+            source: RemoteSource::Fdb,
+            macs: Vec::new(),
+            vnis: Vec::new(),
+            route: None,
+        });
+        if !r.macs.contains(&e.mac) {
+            r.macs.push(e.mac);
+        }
+        if let Some(v) = e.vni
+            && !r.vnis.contains(&v)
+        {
+            r.vnis.push(v);
+        }
+    }
+    for e in encap.iter().filter(|e| e.oif == ifindex) {
+        let r = out.entry(e.remote).or_insert_with(|| RemoteSpec {
+            addr: e.remote,
+            source: RemoteSource::EncapRoute,
+            macs: Vec::new(),
+            vnis: Vec::new(),
+            route: None,
+        });
+        if let Some(v) = e.vni
+            && !r.vnis.contains(&v)
+        {
+            r.vnis.push(v);
+        }
+    }
+    let mut v: Vec<RemoteSpec> = out.into_values().collect();
+    for r in &mut v {
+        r.vnis.sort_unstable();
+        r.macs.sort_unstable();
+    }
+    v
+}
+
+/// Looks up the route to each remote of `cfg` in the socket's namespace (its link namespace).
+pub fn resolve_remote_routes(rtnl: &mut Rtnl, cfg: &mut VxlanConfig) -> Result<(), NetError> {
+    for r in &mut cfg.remotes {
+        r.route = route_get(rtnl, r.addr, cfg.link)?;
+    }
+    Ok(())
+}
 
 /// The address family of a VXLAN's outer (underlay) packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -96,6 +187,10 @@ pub struct VxlanConfig {
     pub external: bool,
     /// Resolved underlay, if any (see the module docs).
     pub underlay: Option<UnderlayRef>,
+    /// The namespace the device's socket lives in (where it was created), when known.
+    pub link_netns: Option<NetnsInode>,
+    /// Remote VTEPs with their routes (see the module docs).
+    pub remotes: Vec<RemoteSpec>,
 }
 
 /// One link of a namespace.
@@ -163,6 +258,8 @@ pub fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanConfig {
         family: UnderlayFamily::Ipv4,
         external: false,
         underlay: None,
+        link_netns: None,
+        remotes: Vec::new(),
     };
     for a in attrs {
         match a {
@@ -307,8 +404,8 @@ pub fn resolve_by_address(
     Ok(None)
 }
 
-/// A VXLAN whose underlay lives in another namespace and still needs a route / address lookup
-/// there (no `IFLA_VXLAN_LINK`).
+/// A VXLAN whose underlay lives in another namespace and still needs route / address lookups
+/// there (its remotes' routes; its underlay too without `IFLA_VXLAN_LINK`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingUnderlay {
     pub ifindex: u32,
@@ -324,10 +421,25 @@ pub fn collect_links(
     let mut rtnl = Rtnl::new()?;
     let mut links = dump_links(&mut rtnl)?;
     let mut pending = Vec::new();
+    let any_vxlan = links.iter().any(|l| l.vxlan.is_some());
+    let fdb = if any_vxlan {
+        dump_fdb(&mut rtnl)?
+    } else {
+        Vec::new()
+    };
+    let encap = if links
+        .iter()
+        .any(|l| l.vxlan.as_ref().is_some_and(|v| v.external))
+    {
+        dump_encap_routes(&mut rtnl)?
+    } else {
+        Vec::new()
+    };
     for l in &mut links {
         let Some(cfg) = l.vxlan.as_mut() else {
             continue;
         };
+        cfg.remotes = remotes_of(l.ifindex, &fdb, &encap);
         let under_ns = match l.link_netnsid {
             None => netns,
             Some(id) => match nsid_to_inode(&mut rtnl, id, candidates) {
@@ -338,14 +450,19 @@ pub fn collect_links(
                 }
             },
         };
+        cfg.link_netns = Some(under_ns);
         if let Some(ifindex) = cfg.link {
             cfg.underlay = Some(UnderlayRef {
                 netns: under_ns,
                 ifindex,
                 source: UnderlaySource::Link,
             });
-        } else if under_ns == netns {
-            cfg.underlay = resolve_by_address(&mut rtnl, netns, cfg)?;
+        }
+        if under_ns == netns {
+            if cfg.link.is_none() {
+                cfg.underlay = resolve_by_address(&mut rtnl, netns, cfg)?;
+            }
+            resolve_remote_routes(&mut rtnl, cfg)?;
         } else {
             pending.push(PendingUnderlay {
                 ifindex: l.ifindex,

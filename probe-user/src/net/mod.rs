@@ -15,14 +15,20 @@
 //! - [`mtu`]: pure mismatch logic (`mtu > underlay_mtu - overhead`).
 //! - [`fragmem`]: fragment-queue memory vs. `ipfrag_*` limits and the `Ip:` reassembly /
 //!   fragmentation counters of `/proc/net/snmp`, read inside a namespace.
+//! - [`fdb`], [`routes`]: VXLAN FDB entries (remote VTEPs by inner MAC), the route and path
+//!   MTU to each remote, lightweight-tunnel routes of `external` devices.
+//! - [`tc_attach`]: the VXLAN tc programs, attached to every VXLAN device in every namespace.
 //! - [`topology`]: the [`Topology`] service: background refresh on netlink link events and
 //!   periodic rediscovery, snapshots and change events.
 
+pub mod fdb;
 pub mod fragmem;
 pub mod links;
 pub mod mtu;
 pub mod netns;
+pub mod routes;
 pub mod rtnl;
+pub mod tc_attach;
 pub mod topology;
 
 use std::io;
@@ -33,7 +39,7 @@ pub use links::{Link, UnderlayFamily, UnderlayRef, UnderlaySource, VxlanConfig};
 pub use mtu::MtuMismatch;
 pub use netns::{NetnsHandle, NetnsInfo, NetnsRegistry, run_in_netns};
 pub use topology::{
-    Topology, TopologyConfig, TopologyEvent, TopologySnapshot, Underlay, VxlanDevice,
+    Topology, TopologyConfig, TopologyEvent, TopologySnapshot, Underlay, VxlanDevice, VxlanRemote,
 };
 
 /// A network namespace's identity: the inode of its nsfs file, equal to the kernel's

@@ -6,7 +6,14 @@
 //! platform.md), and under load the receiver's reassembly queue overflows silently. The kernel
 //! prevents this only when the device is created with `dev` (`vxlan_dev_configure` and
 //! `vxlan_change_mtu` cap it at `lower MTU - headroom`); it does not react when the underlay's
-//! MTU is lowered later, nor for devices without `dev`.
+//! MTU is lowered later, nor for devices without `dev`, nor for a route `mtu` or a cached
+//! path-MTU exception on the way to one remote.
+//!
+//! The verdict is per remote VTEP ([`check_remotes`]): remotes are grouped by underlay device
+//! and path MTU, and each group the device's MTU does not fit is one report naming its
+//! remotes (at most [`MAX_NAMED_REMOTES`], with the total).
+
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -41,6 +48,81 @@ pub struct MtuMismatch {
     pub overhead: u32,
     /// `underlay_mtu - overhead`: the largest MTU that would not fragment.
     pub max_mtu: u32,
+    /// Namespace of the underlay device (the VXLAN's link namespace); None for the
+    /// device-level verdict.
+    pub underlay_netns: Option<NetnsInode>,
+    /// The underlay device's own MTU (`underlay_mtu` is the path MTU: it can be lower).
+    pub underlay_device_mtu: u32,
+    /// What set `underlay_mtu`: `"device"` (the underlay device's MTU) or `"route"` (a route
+    /// `mtu` or a cached path-MTU exception).
+    pub limited_by: &'static str,
+    /// Remote VTEPs whose path this is (sorted, at most [`MAX_NAMED_REMOTES`]); empty for the
+    /// device-level verdict.
+    pub remotes: Vec<IpAddr>,
+    /// How many remotes share this path (≥ `remotes.len()`).
+    pub remotes_total: u32,
+}
+
+/// Remotes named in one report; the rest are only counted (`remotes_total`).
+pub const MAX_NAMED_REMOTES: usize = 16;
+
+/// The path to one remote VTEP.
+#[derive(Clone, Debug)]
+pub struct RemotePathMtu<'a> {
+    pub remote: IpAddr,
+    pub underlay: &'a str,
+    pub underlay_netns: NetnsInode,
+    pub underlay_device_mtu: u32,
+    pub route_mtu: Option<u32>,
+    /// `min(route_mtu, underlay_device_mtu)`.
+    pub path_mtu: u32,
+}
+
+/// Reports per (underlay, path MTU) group of `paths` the device's MTU does not fit, in
+/// underlay-name then path-MTU order. When one underlay has groups with different path MTUs
+/// the smallest is reported (with every remote of that underlay that does not fit).
+pub fn check_remotes(v: &VxlanMtu<'_>, paths: &[RemotePathMtu<'_>]) -> Vec<MtuMismatch> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(&str, NetnsInode), Vec<&RemotePathMtu<'_>>> = BTreeMap::new();
+    for p in paths {
+        if is_mismatched(v.mtu, p.path_mtu, v.overhead) {
+            groups
+                .entry((p.underlay, p.underlay_netns))
+                .or_default()
+                .push(p);
+        }
+    }
+    groups
+        .into_values()
+        .map(|mut ps| {
+            ps.sort_by_key(|p| (p.path_mtu, p.remote));
+            let worst = ps[0];
+            let mut remotes: Vec<IpAddr> = ps.iter().map(|p| p.remote).collect();
+            remotes.sort_unstable();
+            let total = remotes.len() as u32;
+            remotes.truncate(MAX_NAMED_REMOTES);
+            MtuMismatch {
+                netns: v.netns,
+                device: v.device.to_string(),
+                ifindex: v.ifindex,
+                vni: v.vni,
+                mtu: v.mtu,
+                underlay: worst.underlay.to_string(),
+                underlay_mtu: worst.path_mtu,
+                overhead: v.overhead,
+                max_mtu: max_mtu(worst.path_mtu, v.overhead),
+                underlay_netns: Some(worst.underlay_netns),
+                underlay_device_mtu: worst.underlay_device_mtu,
+                limited_by: if worst.path_mtu < worst.underlay_device_mtu {
+                    "route"
+                } else {
+                    "device"
+                },
+                remotes,
+                remotes_total: total,
+            }
+        })
+        .collect()
 }
 
 /// The inputs [`check`] needs about one VXLAN device.
@@ -69,6 +151,11 @@ pub fn check(v: &VxlanMtu<'_>) -> Option<MtuMismatch> {
         underlay_mtu,
         overhead: v.overhead,
         max_mtu: max_mtu(underlay_mtu, v.overhead),
+        underlay_netns: None,
+        underlay_device_mtu: underlay_mtu,
+        limited_by: "device",
+        remotes: Vec::new(),
+        remotes_total: 0,
     })
 }
 
@@ -137,9 +224,59 @@ mod unit {
             "underlay_mtu",
             "overhead",
             "max_mtu",
+            "underlay_netns",
+            "underlay_device_mtu",
+            "limited_by",
+            "remotes",
+            "remotes_total",
         ] {
             assert!(keys.contains(&k), "{k} missing from {v}");
         }
-        assert_eq!(keys.len(), 9);
+        assert_eq!(keys.len(), 14);
+    }
+
+    #[test]
+    fn per_remote_groups_by_underlay_and_names_remotes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p = |r: &'static str, u: &'static str, dev: u32, route: Option<u32>| RemotePathMtu {
+            remote: ip(r),
+            underlay: u,
+            underlay_netns: 1,
+            underlay_device_mtu: dev,
+            route_mtu: route,
+            path_mtu: route.map_or(dev, |m| m.min(dev)),
+        };
+        let v = dev(1450, 50, None);
+        // Fits 1500 everywhere except one remote whose route says 1400 and a second underlay.
+        let paths = [
+            p("10.0.0.2", "eth0", 1500, None),
+            p("10.0.0.3", "eth0", 1500, Some(1400)),
+            p("10.1.0.2", "eth1", 1480, None),
+            p("10.1.0.3", "eth1", 1480, None),
+        ];
+        let ms = check_remotes(&v, &paths);
+        assert_eq!(ms.len(), 2, "{ms:?}");
+        assert_eq!(ms[0].underlay, "eth0");
+        assert_eq!(ms[0].remotes, vec![ip("10.0.0.3")]);
+        assert_eq!((ms[0].underlay_mtu, ms[0].limited_by), (1400, "route"));
+        assert_eq!(ms[0].max_mtu, 1350);
+        assert_eq!(ms[1].underlay, "eth1");
+        assert_eq!(ms[1].remotes_total, 2);
+        assert_eq!(ms[1].limited_by, "device");
+        assert!(check_remotes(&v, &paths[..1]).is_empty());
+        // Naming is bounded.
+        let many: Vec<_> = (0..40)
+            .map(|i| RemotePathMtu {
+                remote: IpAddr::from([10, 9, 0, i as u8]),
+                underlay: "eth0",
+                underlay_netns: 1,
+                underlay_device_mtu: 1400,
+                route_mtu: None,
+                path_mtu: 1400,
+            })
+            .collect();
+        let ms = check_remotes(&v, &many);
+        assert_eq!(ms[0].remotes.len(), MAX_NAMED_REMOTES);
+        assert_eq!(ms[0].remotes_total, 40);
     }
 }

@@ -9,7 +9,11 @@
 //!   (subscribe first so no change falls between the two), vanished ones are dropped along
 //!   with their sockets and fds, which would otherwise keep them alive;
 //! - a slow full re-dump (default 30 s) that catches route changes, which are not subscribed
-//!   to but move route-resolved underlays.
+//!   to but move route-resolved underlays;
+//! - a fast re-dump (default 1 s) of only the namespaces holding VXLAN devices and their link
+//!   namespaces: FDB entries, routes and cached path-MTU exceptions change at run time
+//!   without link notifications (PMTU exceptions notify nothing at all), and the verdict must
+//!   follow within a second or two. Hosts without VXLAN devices pay nothing for it.
 //!
 //! At idle this costs one `/proc` scan per rescan period and nothing else. Namespace work runs
 //! on dedicated `setns` threads (see [`super::netns`]), never on tokio's threads.
@@ -33,9 +37,10 @@ use tracing::{debug, info, warn};
 
 use super::fragmem::{FragMem, SnmpSnapshot, read_fragmem_here, read_snmp_here};
 use super::links::{
-    Link, PendingUnderlay, UnderlayFamily, UnderlaySource, collect_links, resolve_by_address,
+    Link, PendingUnderlay, RemoteSource, UnderlayFamily, UnderlaySource, collect_links,
+    resolve_by_address, resolve_remote_routes,
 };
-use super::mtu::{self, MtuMismatch, VxlanMtu};
+use super::mtu::{self, MtuMismatch, RemotePathMtu, VxlanMtu};
 use super::netns::{
     DiscoveryConfig, NetnsHandle, NetnsInfo, NetnsRegistry, run_in_each_netns_async,
 };
@@ -50,6 +55,9 @@ pub struct TopologyConfig {
     pub rediscover_every: Duration,
     /// How often every namespace's links are dumped again regardless of notifications.
     pub full_refresh_every: Duration,
+    /// How often namespaces with VXLAN devices (and their link namespaces) are dumped again
+    /// for FDB, route and path-MTU changes.
+    pub vxlan_paths_every: Duration,
     /// How long to wait after a link notification for more before dumping.
     pub debounce: Duration,
     /// Maximum age of cached [`Topology::fragmem`] readings.
@@ -64,6 +72,7 @@ impl Default for TopologyConfig {
             discovery: DiscoveryConfig::default(),
             rediscover_every: Duration::from_secs(2),
             full_refresh_every: Duration::from_secs(30),
+            vxlan_paths_every: Duration::from_secs(1),
             debounce: Duration::from_millis(50),
             fragmem_max_age: Duration::from_secs(1),
             event_capacity: 1024,
@@ -99,6 +108,28 @@ pub struct VxlanDevice {
     pub external: bool,
     /// None when it could not be determined (see [`super::links`]).
     pub underlay: Option<Underlay>,
+    /// Every remote VTEP with the path its outer packets take (FDB `dst`s, encap routes).
+    pub remotes: Vec<VxlanRemote>,
+}
+
+/// A remote VTEP of a VXLAN device and the path MTU towards it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VxlanRemote {
+    pub remote: IpAddr,
+    pub source: RemoteSource,
+    /// Whether the device's default destination (all-zeros FDB entry) includes it.
+    pub default: bool,
+    /// Inner MACs the FDB sends to it.
+    #[serde(skip)]
+    pub macs: Vec<[u8; 6]>,
+    /// VNIs towards it (encap route ids / FDB `vni`).
+    pub vnis: Vec<u32>,
+    /// The output device of the route to it, in the link namespace; None when unroutable.
+    pub underlay: Option<Underlay>,
+    /// `RTAX_MTU` of that route: a route `mtu` or a cached path-MTU exception.
+    pub route_mtu: Option<u32>,
+    /// What outer packets to it are fragmented against: `min(route_mtu, device MTU)`.
+    pub path_mtu: Option<u32>,
 }
 
 impl VxlanDevice {
@@ -109,9 +140,14 @@ impl VxlanDevice {
             .map(|u| mtu::max_mtu(u.mtu, self.overhead))
     }
 
-    /// The mismatch report, if this device's MTU is too large for its underlay.
+    /// The device-level report (its `dev` / default-route underlay), if this device's MTU is
+    /// too large for it. See [`Self::mismatches`] for the per-remote verdict.
     pub fn mismatch(&self) -> Option<MtuMismatch> {
-        mtu::check(&VxlanMtu {
+        mtu::check(&self.mtu_inputs())
+    }
+
+    fn mtu_inputs(&self) -> VxlanMtu<'_> {
+        VxlanMtu {
             netns: self.netns,
             device: &self.device,
             ifindex: self.ifindex,
@@ -119,12 +155,37 @@ impl VxlanDevice {
             mtu: self.mtu,
             overhead: self.overhead,
             underlay: self.underlay.as_ref().map(|u| (u.name.as_str(), u.mtu)),
-        })
+        }
+    }
+
+    /// The verdict, per underlay: when remotes with a known path exist, one report per
+    /// (underlay device, path MTU) whose remotes the device's MTU does not fit, naming them;
+    /// otherwise the device-level report.
+    pub fn mismatches(&self) -> Vec<MtuMismatch> {
+        let paths: Vec<RemotePathMtu<'_>> = self
+            .remotes
+            .iter()
+            .filter_map(|r| {
+                let u = r.underlay.as_ref()?;
+                Some(RemotePathMtu {
+                    remote: r.remote,
+                    underlay: &u.name,
+                    underlay_netns: u.netns,
+                    underlay_device_mtu: u.mtu,
+                    route_mtu: r.route_mtu,
+                    path_mtu: r.path_mtu?,
+                })
+            })
+            .collect();
+        if paths.is_empty() {
+            return self.mismatch().into_iter().collect();
+        }
+        mtu::check_remotes(&self.mtu_inputs(), &paths)
     }
 }
 
 /// One entry for the kernel's VXLAN map, keyed `{netns_inode, ifindex}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VxlanMapEntry {
     pub netns_inode: NetnsInode,
     pub ifindex: u32,
@@ -132,6 +193,50 @@ pub struct VxlanMapEntry {
     pub underlay_mtu: u32,
     pub overhead: u32,
     pub vni: u32,
+    /// The device's own MTU.
+    pub mtu: u32,
+    pub external: bool,
+    /// Path MTU per FDB MAC / remote address (`VXLAN_PATHS`): (kind, address bytes, MTU).
+    pub paths: Vec<(u32, [u8; 16], u32)>,
+}
+
+/// The `VXLAN_PATHS` entries and default path MTU of one device (see probe-ebpf's vxlan.rs).
+fn path_entries(v: &VxlanDevice) -> (u32, Vec<(u32, [u8; 16], u32)>) {
+    let mut out = Vec::new();
+    let mut default: Option<u32> = None;
+    for r in &v.remotes {
+        let Some(mtu) = r.path_mtu else { continue };
+        for m in &r.macs {
+            let mut a = [0u8; 16];
+            a[..6].copy_from_slice(m);
+            // One MAC may go to several remotes (flooding entries): the smallest path wins.
+            match out
+                .iter_mut()
+                .find(|(k, x, _): &&mut (u32, [u8; 16], u32)| {
+                    *k == probe_common::VXLAN_PATH_MAC && *x == a
+                }) {
+                Some(e) => e.2 = e.2.min(mtu),
+                None => out.push((probe_common::VXLAN_PATH_MAC, a, mtu)),
+            }
+        }
+        if r.default {
+            default = Some(default.map_or(mtu, |d| d.min(mtu)));
+        }
+        let (kind, a) = match r.remote {
+            IpAddr::V4(ip) => {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&ip.octets());
+                (probe_common::VXLAN_PATH_IPV4, a)
+            }
+            IpAddr::V6(ip) => (probe_common::VXLAN_PATH_IPV6, ip.octets()),
+        };
+        out.push((kind, a, mtu));
+    }
+    // Without FDB remotes, a device created with `dev` sends by its underlay.
+    let default = default
+        .or_else(|| v.underlay.as_ref().map(|u| u.mtu))
+        .unwrap_or(0);
+    (default, out)
 }
 
 /// The topology at one moment.
@@ -174,12 +279,18 @@ impl TopologySnapshot {
     pub fn vxlan_map_entries(&self) -> Vec<VxlanMapEntry> {
         self.vxlans
             .iter()
-            .map(|v| VxlanMapEntry {
-                netns_inode: v.netns,
-                ifindex: v.ifindex,
-                underlay_mtu: v.underlay.as_ref().map_or(0, |u| u.mtu),
-                overhead: v.overhead,
-                vni: v.vni,
+            .map(|v| {
+                let (default, paths) = path_entries(v);
+                VxlanMapEntry {
+                    netns_inode: v.netns,
+                    ifindex: v.ifindex,
+                    underlay_mtu: default,
+                    overhead: v.overhead,
+                    vni: v.vni,
+                    mtu: v.mtu,
+                    external: v.external,
+                    paths,
+                }
             })
             .collect()
     }
@@ -285,6 +396,26 @@ impl Topology {
         };
         let task = tokio::spawn(refresher.run(cmd_rx, dirty_rx));
         Topology { shared, cmd, task }
+    }
+
+    /// A handle to enter namespace `inode`, while it is known.
+    pub fn netns_handle(&self, inode: NetnsInode) -> Option<Arc<NetnsHandle>> {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(inode)
+    }
+
+    /// Writes the current snapshot's VXLAN devices into the kernel maps and attaches / detaches
+    /// the VXLAN tc programs accordingly (see [`super::tc_attach`]).
+    pub fn sync_vxlan_hooks(
+        &self,
+        ebpf: &mut aya::Ebpf,
+        hooks: &mut super::tc_attach::VxlanHooks,
+    ) -> Result<(), super::tc_attach::TcAttachError> {
+        let snap = self.snapshot();
+        hooks.sync(ebpf, &snap, |ino| self.netns_handle(ino))
     }
 
     /// The current snapshot (cheap: an `Arc` clone).
@@ -409,7 +540,7 @@ struct Refresher {
     watchers: Watchers,
     dirty_tx: mpsc::UnboundedSender<NetnsInode>,
     prev_vxlans: BTreeMap<(NetnsInode, u32), VxlanDevice>,
-    prev_mismatch: BTreeMap<(NetnsInode, u32), MtuMismatch>,
+    prev_mismatch: BTreeMap<(NetnsInode, u32, String), MtuMismatch>,
     pending_events: Vec<TopologyEvent>,
     generation: u64,
 }
@@ -428,9 +559,15 @@ impl Refresher {
             cfg.full_refresh_every,
         );
         full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut paths = tokio::time::interval(cfg.vxlan_paths_every);
+        paths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = rescan.tick() => self.rediscover().await,
+                _ = paths.tick() => {
+                    let set = self.vxlan_namespaces();
+                    self.refresh_links(set).await;
+                }
                 _ = full.tick() => {
                     let all = self.known();
                     self.refresh_links(all).await;
@@ -467,13 +604,27 @@ impl Refresher {
         reg.handles().iter().map(|h| h.inode()).collect()
     }
 
-    /// Adds namespaces whose VXLANs found their underlay by route / address in one of `set`.
+    /// Namespaces holding VXLAN devices, and the link namespaces of those devices.
+    fn vxlan_namespaces(&self) -> BTreeSet<NetnsInode> {
+        let mut set = BTreeSet::new();
+        for (ns, links) in &self.links {
+            for v in links.iter().filter_map(|l| l.vxlan.as_ref()) {
+                set.insert(*ns);
+                if let Some(l) = v.link_netns {
+                    set.insert(l);
+                }
+            }
+        }
+        set
+    }
+
+    /// Adds namespaces whose VXLANs resolve their underlay or remotes' routes in one of `set`.
     fn with_dependents(&self, mut set: BTreeSet<NetnsInode>) -> BTreeSet<NetnsInode> {
         for (ns, links) in &self.links {
             let depends = links.iter().any(|l| {
-                l.vxlan.as_ref().and_then(|v| v.underlay).is_some_and(|u| {
-                    u.netns != *ns && u.source != UnderlaySource::Link && set.contains(&u.netns)
-                })
+                l.vxlan
+                    .as_ref()
+                    .is_some_and(|v| v.link_netns.is_some_and(|l| l != *ns && set.contains(&l)))
             });
             if depends {
                 set.insert(*ns);
@@ -623,11 +774,12 @@ impl Refresher {
             let mut rtnl = Rtnl::new()?;
             let mut out = Vec::new();
             for (ns, ifindex, cfg) in b2.get(&h.inode()).into_iter().flatten() {
-                out.push((
-                    *ns,
-                    *ifindex,
-                    resolve_by_address(&mut rtnl, h.inode(), cfg)?,
-                ));
+                let mut cfg = cfg.clone();
+                if cfg.link.is_none() {
+                    cfg.underlay = resolve_by_address(&mut rtnl, h.inode(), &cfg)?;
+                }
+                resolve_remote_routes(&mut rtnl, &mut cfg)?;
+                out.push((*ns, *ifindex, cfg.underlay, cfg.remotes));
             }
             Ok::<_, NetError>(out)
         })
@@ -637,7 +789,7 @@ impl Refresher {
         };
         for (_, r) in results {
             let Ok(Ok(found)) = r else { continue };
-            for (ns, ifindex, under) in found {
+            for (ns, ifindex, under, remotes) in found {
                 if let Some(cfg) = self
                     .links
                     .get_mut(&ns)
@@ -645,6 +797,7 @@ impl Refresher {
                     .and_then(|l| l.vxlan.as_mut())
                 {
                     cfg.underlay = under;
+                    cfg.remotes = remotes;
                 }
             }
         }
@@ -676,6 +829,42 @@ impl Refresher {
                         source: u.source,
                     })
                 });
+                let remotes = cfg
+                    .remotes
+                    .iter()
+                    .map(|r| {
+                        let underlay = r.route.and_then(|rt| {
+                            let netns = cfg.link_netns?;
+                            let ul = self
+                                .links
+                                .get(&netns)?
+                                .iter()
+                                .find(|x| x.ifindex == rt.oif)?;
+                            Some(Underlay {
+                                netns,
+                                ifindex: rt.oif,
+                                name: ul.name.clone(),
+                                mtu: ul.mtu,
+                                source: UnderlaySource::Route,
+                            })
+                        });
+                        let path_mtu = underlay.as_ref().map(|u| {
+                            r.route
+                                .and_then(|rt| rt.mtu)
+                                .map_or(u.mtu, |m| m.min(u.mtu))
+                        });
+                        VxlanRemote {
+                            remote: r.addr,
+                            source: r.source,
+                            default: r.is_default(),
+                            macs: r.macs.clone(),
+                            vnis: r.vnis.clone(),
+                            underlay,
+                            route_mtu: r.route.and_then(|rt| rt.mtu),
+                            path_mtu,
+                        }
+                    })
+                    .collect();
                 vxlans.push(VxlanDevice {
                     netns: *ns,
                     device: l.name.clone(),
@@ -690,10 +879,11 @@ impl Refresher {
                     local: cfg.local,
                     external: cfg.external,
                     underlay,
+                    remotes,
                 });
             }
         }
-        let mismatches = vxlans.iter().filter_map(VxlanDevice::mismatch).collect();
+        let mismatches = vxlans.iter().flat_map(VxlanDevice::mismatches).collect();
         TopologySnapshot {
             generation: self.generation,
             host_netns: host,
@@ -729,14 +919,21 @@ impl Refresher {
         let mism: BTreeMap<_, _> = snap
             .mismatches
             .iter()
-            .map(|m| ((m.netns, m.ifindex), m.clone()))
+            .map(|m| ((m.netns, m.ifindex, m.underlay.clone()), m.clone()))
             .collect();
         for (k, m) in &mism {
             if self.prev_mismatch.get(k) != Some(m) {
+                let remotes = m
+                    .remotes
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 info!(
                     netns = m.netns, device = %m.device, vni = m.vni, mtu = m.mtu,
                     underlay = %m.underlay, underlay_mtu = m.underlay_mtu, max_mtu = m.max_mtu,
-                    "VXLAN MTU exceeds underlay MTU minus encapsulation overhead"
+                    remotes = %remotes, remotes_total = m.remotes_total,
+                    "VXLAN MTU exceeds the path MTU to its remote(s) minus encapsulation overhead"
                 );
                 events.push(TopologyEvent::MtuMismatch(m.clone()));
             }
