@@ -359,8 +359,48 @@ fn short(s: &str, n: usize) -> &str {
     s.get(..n).unwrap_or(s)
 }
 
-/// `namespace/pod container` with names when known, short ids otherwise.
+/// The place column's width: a label never makes a row wider (ends in `~` when cut).
+const PLACE_WIDTH: usize = 40;
+
+fn fit(s: String) -> String {
+    if s.chars().count() <= PLACE_WIDTH {
+        return s;
+    }
+    let mut t: String = s.chars().take(PLACE_WIDTH - 1).collect();
+    t.push('~');
+    t
+}
+
+/// `namespace/pod container` with names when known, short ids otherwise; a Swarm task as
+/// `<service> task <task id prefix>`, a Docker network's namespace as `net <name>`. At most
+/// [`PLACE_WIDTH`] characters.
 pub fn workload_label(w: &Workload) -> Option<String> {
+    workload_label_full(w).map(fit)
+}
+
+fn workload_label_full(w: &Workload) -> Option<String> {
+    if let Some(n) = &w.network
+        && w.container.is_none()
+        && w.pod.is_none()
+    {
+        return Some(format!(
+            "net {}",
+            n.name.as_deref().unwrap_or(short(&n.id, 12))
+        ));
+    }
+    if let Some(c) = &w.container
+        && w.pod.is_none()
+        && let Some(svc) = c.swarm.as_ref().and_then(|s| s.service.as_deref())
+    {
+        let task = c
+            .swarm
+            .as_ref()
+            .and_then(|s| s.task.as_deref())
+            .and_then(|t| t.rsplit('.').next())
+            .map(|t| format!(" task {}", short(t, 8)))
+            .unwrap_or_default();
+        return Some(format!("{svc}{task}"));
+    }
     let pod = w
         .pod
         .as_ref()
@@ -704,6 +744,46 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::{clock::BootClock, oom::OomInterpreter};
+
+    #[test]
+    fn docker_labels_fit_the_place_column() {
+        use crate::attribution::{ContainerInfo, NetworkInfo, SwarmInfo};
+        let net = Workload {
+            network: Some(NetworkInfo {
+                id: "dolsmd8pb0abcdefghijklmno".into(),
+                name: Some("backend".into()),
+                driver: Some("overlay".into()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(workload_label(&net).as_deref(), Some("net backend"));
+        let task = Workload {
+            container: Some(ContainerInfo {
+                id: "ab".repeat(32),
+                runtime: crate::container::Runtime::Docker,
+                name: Some("web.7s554dzr28lilgxhgukcujuhc.juyvyrgg3fhc4td8xu8437u54".into()),
+                swarm: Some(SwarmInfo {
+                    service: Some("web".into()),
+                    task: Some("web.7s554dzr28lilgxhgukcujuhc.juyvyrgg3fhc4td8xu8437u54".into()),
+                    node_id: None,
+                }),
+                compose: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(workload_label(&task).as_deref(), Some("web task juyvyrgg"));
+        let long = Workload {
+            network: Some(NetworkInfo {
+                id: "x".into(),
+                name: Some("n".repeat(60)),
+                driver: None,
+            }),
+            ..Default::default()
+        };
+        let l = workload_label(&long).unwrap();
+        assert_eq!(l.chars().count(), PLACE_WIDTH);
+        assert!(l.ends_with('~'));
+    }
 
     #[test]
     fn human_bytes_units() {

@@ -20,9 +20,10 @@ struct Cli {
     /// containerd socket asked for container and pod names ("" disables).
     #[arg(long, global = true, default_value = "/run/containerd/containerd.sock")]
     containerd_socket: String,
-    /// Docker Engine API socket asked for container names ("" disables).
+    /// Docker Engine API socket asked for container, Swarm and network names; repeat for
+    /// several dockerd on one host ("" disables).
     #[arg(long, global = true, default_value = "/var/run/docker.sock")]
-    docker_socket: String,
+    docker_socket: Vec<String>,
     /// CRI-O socket asked for container and pod names ("" disables).
     #[arg(long, global = true, default_value = "/run/crio/crio.sock")]
     crio_socket: String,
@@ -164,13 +165,15 @@ fn parse_stall_threshold(arg: &str) -> Result<f64, String> {
 /// Runtime sockets for attribution; an empty path disables that runtime.
 fn attribution_config(
     containerd: &str,
-    docker: &str,
+    docker: &[String],
     crio: &str,
 ) -> fathom::attribution::AttributionConfig {
     let sock = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+    let mut docker = docker.iter().filter_map(|p| sock(p));
     fathom::attribution::AttributionConfig {
         containerd_socket: sock(containerd),
-        docker_socket: sock(docker),
+        docker_socket: docker.next(),
+        more_docker_sockets: docker.collect(),
         crio_socket: sock(crio),
         ..Default::default()
     }

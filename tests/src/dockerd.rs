@@ -21,6 +21,23 @@ pub struct Dockerd {
     dir: TempDir,
     child: Option<Child>,
     host_paths: HostPaths,
+    exec_root: PathBuf,
+    /// The daemon's `--cgroup-parent` in every hierarchy (containers of services go there).
+    cgroup_claims: Vec<ClaimedPath>,
+}
+
+/// How to start a [`Dockerd`]; `Default` = in the current network namespace, exec root
+/// `<dir>/exec`, docker's default cgroup parent.
+#[derive(Debug, Clone, Default)]
+pub struct DockerdOptions {
+    /// An nsfs path (`/run/netns/NAME`): the daemon runs in that network namespace.
+    pub netns: Option<PathBuf>,
+    /// Name of the exec root below the daemon's private directory (default `exec`).
+    pub exec_root_name: Option<String>,
+    /// Daemon-wide `--cgroup-parent` (absolute, should start with `fathom-test-<sfx>`);
+    /// claimed before start and removed (processes killed) on drop.
+    pub cgroup_parent: Option<String>,
+    pub extra_args: Vec<String>,
 }
 
 impl Dockerd {
@@ -30,6 +47,12 @@ impl Dockerd {
     }
 
     pub fn try_start() -> Result<Self> {
+        Self::try_start_with(DockerdOptions::default())
+    }
+
+    /// Starts a dockerd as `opts` say (in a network namespace, with its own exec root, cgroup
+    /// parent and extra flags) and waits until `docker version` answers.
+    pub fn try_start_with(opts: DockerdOptions) -> Result<Self> {
         let host_paths = HostPaths::absent(&[
             "/etc/docker",
             "/etc/docker/key.json",
@@ -42,12 +65,29 @@ impl Dockerd {
         let d = dir.path();
         std::fs::write(d.join("daemon.json"), "{}\n")?;
         std::fs::create_dir_all(d.join("cli"))?;
+        let exec_root = d.join(opts.exec_root_name.as_deref().unwrap_or("exec"));
+        let mut cgroup_claims = Vec::new();
+        if let Some(parent) = &opts.cgroup_parent {
+            assert!(parent.starts_with('/'), "cgroup parent must be absolute");
+            for r in all_hierarchy_roots() {
+                cgroup_claims.push(ClaimedPath::claim(&r, parent)?);
+            }
+        }
         let log = std::fs::File::create(d.join("dockerd.log"))?;
-        let child = Command::new("dockerd")
-            .arg("--data-root")
+        // `nsenter --net` joins only the network namespace (`ip netns exec` would remount
+        // /sys, and dockerd then dies with "Devices cgroup isn't mounted", platform.md).
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("dockerd");
+                c
+            }
+            None => Command::new("dockerd"),
+        };
+        cmd.arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
-            .arg(d.join("exec"))
+            .arg(&exec_root)
             .arg("--host")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
             .arg("--pidfile")
@@ -62,7 +102,12 @@ impl Dockerd {
                 "--ip-masq=false",
                 "--bridge=none",
             ])
-            .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
+            .args(["--exec-opt", "native.cgroupdriver=cgroupfs"]);
+        if let Some(parent) = &opts.cgroup_parent {
+            cmd.args(["--cgroup-parent", parent]);
+        }
+        let child = cmd
+            .args(&opts.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -72,6 +117,8 @@ impl Dockerd {
             dir,
             child: Some(child),
             host_paths,
+            exec_root,
+            cgroup_claims,
         };
         let ready = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
             dk.socket().exists()
@@ -89,6 +136,11 @@ impl Dockerd {
             bail!("dockerd did not come up in 60 s; log:\n{log}");
         }
         Ok(dk)
+    }
+
+    /// The daemon's `--exec-root` (overlay namespaces are bind-mounted in `<it>/netns/`).
+    pub fn exec_root(&self) -> &Path {
+        &self.exec_root
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -206,6 +258,14 @@ impl Drop for Dockerd {
         }
         self.stop();
         kill_processes_mentioning(self.dir.path());
+        for c in &self.cgroup_claims {
+            if let Err(e) = kill_cgroup_tree(&c.leaf, Duration::from_secs(5)) {
+                eprintln!("fathom-tests: dockerd cgroup parent: {e:#}");
+            }
+        }
+        for c in &mut self.cgroup_claims {
+            c.release();
+        }
         unmount_below(self.dir.path());
         self.host_paths.remove();
         if std::thread::panicking() {

@@ -26,6 +26,7 @@ pub mod progs;
 pub mod prometheus;
 pub mod runc;
 pub mod serve;
+pub mod swarm;
 pub mod traffic;
 
 use std::io;

@@ -83,7 +83,11 @@ pub struct UdpSink {
 
 impl UdpSink {
     pub fn bind(ns: &NetNs, addr: &str) -> Self {
-        let path = ns.path();
+        Self::bind_path(ns.path(), addr)
+    }
+
+    /// [`Self::bind`] in the network namespace at `path` (`/proc/<pid>/ns/net`, a bind mount).
+    pub fn bind_path(path: std::path::PathBuf, addr: &str) -> Self {
         let addr = addr.to_string();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let st = stop.clone();

@@ -63,6 +63,8 @@ mod tests {
                 id: "abcdef0123".into(),
                 runtime: Runtime::Containerd,
                 name: Some("app".into()),
+                swarm: None,
+                compose: None,
             }),
             pod: Some(PodInfo {
                 uid: Some("u-1".into()),
@@ -70,6 +72,7 @@ mod tests {
                 namespace: Some("shop".into()),
                 qos: None,
             }),
+            network: None,
         }
     }
 

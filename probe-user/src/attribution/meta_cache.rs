@@ -204,6 +204,8 @@ mod tests {
             pod_uid: None,
             pod_name: None,
             pod_namespace: None,
+            swarm: None,
+            compose: None,
         })
     }
 

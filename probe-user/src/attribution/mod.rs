@@ -46,7 +46,9 @@ use self::{
 };
 pub use self::{
     filter::WorkloadFilter,
-    workload::{ContainerInfo, ContainerMeta, PodInfo, Workload},
+    workload::{
+        ComposeInfo, ContainerInfo, ContainerMeta, NetworkInfo, PodInfo, SwarmInfo, Workload,
+    },
 };
 use crate::{
     cgroup::Hierarchies,
@@ -69,6 +71,9 @@ pub struct AttributionConfig {
     pub containerd_socket: Option<PathBuf>,
     /// Docker Engine API socket; `None` disables Docker lookups.
     pub docker_socket: Option<PathBuf>,
+    /// Further dockerd sockets (several daemons on one host, e.g. Swarm nodes in network
+    /// namespaces); each is asked like the first.
+    pub more_docker_sockets: Vec<PathBuf>,
     /// CRI-O's socket; `None` disables CRI-O lookups.
     pub crio_socket: Option<PathBuf>,
     /// containerd namespaces searched first (after one the cgroup path names); the others the
@@ -110,6 +115,7 @@ impl Default for AttributionConfig {
         AttributionConfig {
             containerd_socket: Some("/run/containerd/containerd.sock".into()),
             docker_socket: Some("/var/run/docker.sock".into()),
+            more_docker_sockets: Vec::new(),
             crio_socket: Some("/run/crio/crio.sock".into()),
             containerd_namespaces: vec!["k8s.io".into()],
             containerd_skip_namespaces: vec!["moby".into()],
@@ -183,6 +189,11 @@ struct Inner {
     netns: RwLock<std::collections::HashMap<u32, NetnsOwner>>,
     /// Container cgroup paths (memory hierarchy) of the last scan.
     containers: RwLock<Vec<String>>,
+    /// Namespaces of Docker networks (overlay namespaces), from the last scan.
+    networks: RwLock<std::collections::HashMap<u32, NetworkInfo>>,
+    /// Network id prefix → what the dockerd sockets said, and when (misses are asked again
+    /// after `not_found_ttl`). Bounded like the netns index.
+    network_answers: Mutex<LruCache<String, (Option<NetworkInfo>, Instant)>>,
     lookup_slots: Arc<Semaphore>,
     pending: AtomicUsize,
     scan_wanted: tokio::sync::Notify,
@@ -223,7 +234,12 @@ impl Attributor {
                 )
             }),
             cfg.crio_socket.clone().map(CrioClient::new),
-            cfg.docker_socket.clone().map(DockerClient::new),
+            cfg.docker_socket
+                .iter()
+                .chain(&cfg.more_docker_sockets)
+                .cloned()
+                .map(DockerClient::new)
+                .collect(),
             cfg.lookup_timeout,
         );
         let handle = Handle::try_current().ok();
@@ -244,6 +260,10 @@ impl Attributor {
             )),
             netns: RwLock::new(Default::default()),
             containers: RwLock::new(Vec::new()),
+            networks: RwLock::new(Default::default()),
+            network_answers: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cfg.max_netns.max(1)).expect("nonzero"),
+            )),
             lookup_slots: Arc::new(Semaphore::new(cfg.max_concurrent_lookups.max(1))),
             pending: AtomicUsize::new(0),
             scan_wanted: tokio::sync::Notify::new(),
@@ -362,6 +382,19 @@ impl Attributor {
             .get(&netns_inode)
             .cloned();
         let Some(owner) = owner else {
+            let network = self
+                .inner
+                .networks
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&netns_inode)
+                .cloned();
+            if let Some(n) = network {
+                return Some(Workload {
+                    network: Some(n),
+                    ..Default::default()
+                });
+            }
             self.inner.scan_wanted.notify_one();
             return None;
         };
@@ -585,13 +618,52 @@ async fn scan_once(inner: &Arc<Inner>) {
                 ambiguous = s.ambiguous,
                 "netns scan"
             );
+            // Ask the runtimes about every owner now, so a namespace's first events and series
+            // already carry names (lookups are bounded by `max_pending_lookups`; cached ones
+            // cost nothing).
+            let paths: Vec<String> = s.owners.values().map(|o| o.path.clone()).collect();
             *inner.netns.write().unwrap_or_else(|p| p.into_inner()) = s.owners;
             *inner.containers.write().unwrap_or_else(|p| p.into_inner()) = s.container_paths;
+            let a = Attributor {
+                inner: inner.clone(),
+            };
+            for p in &paths {
+                a.by_cgroup_path(p);
+            }
+            drop(a);
+            let networks = docker_networks(inner, s.networks).await;
+            *inner.networks.write().unwrap_or_else(|p| p.into_inner()) = networks;
         }
         Ok(None) => {}
         Err(e) => warn!(error = %e, "netns scan task failed"),
     }
     inner.scan_done.send_modify(|n| *n += 1);
+}
+
+/// Names the namespaces of Docker networks (inode → network id prefix) by asking the dockerd
+/// sockets, with answers cached per prefix.
+async fn docker_networks(
+    inner: &Arc<Inner>,
+    prefixes: std::collections::HashMap<u32, String>,
+) -> std::collections::HashMap<u32, NetworkInfo> {
+    let mut out = std::collections::HashMap::new();
+    for (ns, prefix) in prefixes {
+        let cached = lock(&inner.network_answers).get(&prefix).cloned();
+        let answer = match cached {
+            Some((Some(n), _)) => Some(n),
+            Some((None, at)) if at.elapsed() < inner.cfg.not_found_ttl => None,
+            _ => {
+                let n = inner.runtimes.docker_network(&prefix).await;
+                debug!(prefix, network = ?n, "docker network lookup");
+                lock(&inner.network_answers).put(prefix, (n.clone(), Instant::now()));
+                n
+            }
+        };
+        if let Some(n) = answer {
+            out.insert(ns, n);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -12,10 +12,24 @@
 //!
 //! Each scan rebuilds the index, so it follows the live containers and never grows beyond
 //! them (and a configured cap).
+//!
+//! The namespaces and their processes come from the one discovery the topology uses too
+//! ([`crate::net::netns::discover`]: every process's `/proc/<pid>/ns/net` and every nsfs bind
+//! mount in mountinfo), so both see the same namespaces. A namespace held only by a bind mount
+//! that libnetwork names for a network (`<exec-root>/netns/1-<network id prefix>`, an overlay
+//! network's namespace, whatever the dockerd's `--exec-root`) is returned as a Docker network
+//! candidate; the caller asks the dockerd sockets which network has that id prefix.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
 
-use crate::container;
+use crate::{
+    container,
+    net::netns::{Discovered, DiscoveryConfig, discover},
+};
 
 /// Directories visited per scan at most, so a pathological hierarchy cannot stall the task.
 const MAX_DIRS: usize = 200_000;
@@ -39,15 +53,49 @@ pub(crate) struct NetnsScan {
     /// The cgroup path of every container seen (memory hierarchy), at most `cap`: what the
     /// pressure collector reads memory files of.
     pub container_paths: Vec<String>,
+    /// Namespaces without containers whose bind mount names a Docker network:
+    /// inode → network id prefix.
+    pub networks: HashMap<u32, String>,
 }
 
-/// Finds the container of every process in `/proc` at `proc_root` (its cgroup path in the
-/// hierarchy mounted at `root`) and groups containers by network namespace.
+/// The network id prefix a libnetwork namespace bind mount names: `…/netns/1-<prefix>`
+/// (an overlay network's namespace; `1` is the overlay driver's namespace version).
+pub(crate) fn network_prefix(mount: &Path) -> Option<&str> {
+    let dir = mount.parent()?.file_name()?;
+    if dir != "netns" {
+        return None;
+    }
+    let p = mount.file_name()?.to_str()?.strip_prefix("1-")?;
+    (p.len() >= 6 && p.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(p)
+}
+
+/// One discovery (processes and nsfs mounts under `proc_root`), then [`scan_found`].
+pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
+    let cfg = DiscoveryConfig {
+        proc_root: proc_root.to_path_buf(),
+        ..Default::default()
+    };
+    match discover(&cfg) {
+        Ok(found) => scan_found(root, proc_root, &found, cap),
+        Err(e) => {
+            tracing::debug!(error = %e, "netns discovery failed");
+            NetnsScan::default()
+        }
+    }
+}
+
+/// Finds the container of every process of every discovered namespace (its cgroup path in
+/// the hierarchy mounted at `root`) and groups containers by network namespace.
 ///
 /// Walking processes rather than the cgroup tree keeps a scan proportional to what runs: a
 /// node's cgroup tree holds thousands of directories (many of them empty leftovers of
 /// containers that exited), its processes a few hundred.
-pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
+pub(crate) fn scan_found(
+    root: &Path,
+    proc_root: &Path,
+    found: &BTreeMap<u32, Discovered>,
+    cap: usize,
+) -> NetnsScan {
     // pid 1's netns is the host's when we see the host's pids (a DaemonSet with hostPID).
     // When pid 1 is out of reach (a supervisor with more capabilities than ours: EACCES), our
     // own netns stands in: fathom runs with host networking.
@@ -59,50 +107,51 @@ pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
     let v2 = root.join("cgroup.controllers").exists();
     let mut by_ns: HashMap<u32, Vec<String>> = HashMap::new();
     let mut containers = std::collections::HashSet::new();
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return NetnsScan::default();
-    };
-    for (visited, e) in entries.flatten().enumerate() {
+    let mut out = NetnsScan::default();
+    for (visited, (&ns, d)) in found.iter().enumerate() {
         if visited > MAX_DIRS {
-            tracing::warn!("netns scan stopped after {MAX_DIRS} processes");
+            tracing::warn!("netns scan stopped after {MAX_DIRS} namespaces");
             break;
         }
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Some(ns) = netns_of(proc_root, pid) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(e.path().join("cgroup")) else {
-            continue;
-        };
-        let Some(path) = cgroup_path(&text, v2) else {
-            continue;
-        };
-        // The container's own cgroup (podman nests its processes in `/container` below it).
-        let Some(c) = container::parse(path).container else {
-            continue;
-        };
-        let cpath: String = path
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .take(c.component + 1)
-            .fold(String::new(), |acc, p| acc + "/" + p);
-        containers.insert(cpath.clone());
-        if Some(ns) == host {
-            continue;
+        let mut any_container = false;
+        for &pid in &d.pids {
+            let Ok(text) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
+            else {
+                continue;
+            };
+            let Some(path) = cgroup_path(&text, v2) else {
+                continue;
+            };
+            // The container's own cgroup (podman nests its processes in `/container` below it).
+            let Some(c) = container::parse(path).container else {
+                continue;
+            };
+            let cpath: String = path
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .take(c.component + 1)
+                .fold(String::new(), |acc, p| acc + "/" + p);
+            containers.insert(cpath.clone());
+            any_container = true;
+            if Some(ns) == host {
+                continue;
+            }
+            let paths = by_ns.entry(ns).or_default();
+            if paths.len() < 64 && !paths.contains(&cpath) {
+                paths.push(cpath);
+            }
         }
-        let paths = by_ns.entry(ns).or_default();
-        if paths.len() < 64 && !paths.contains(&cpath) {
-            paths.push(cpath);
+        if !any_container
+            && Some(ns) != host
+            && out.networks.len() < cap
+            && let Some(p) = d.bind_mounts.iter().find_map(|m| network_prefix(m))
+        {
+            out.networks.insert(ns, p.to_string());
         }
     }
 
-    let mut out = NetnsScan {
-        containers: containers.len(),
-        container_paths: containers.into_iter().take(cap).collect(),
-        ..Default::default()
-    };
+    out.containers = containers.len();
+    out.container_paths = containers.into_iter().take(cap).collect();
     for (ns, paths) in by_ns {
         if out.owners.len() >= cap {
             break;
@@ -161,6 +210,8 @@ pub(crate) fn netns_of(proc_root: &Path, pid: u32) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     const UID: &str = "9c3f7e2a-41d5-4a6b-b0f2-8d1e5c7a3b90";
@@ -181,6 +232,23 @@ mod tests {
             owner_of(&[format!("/docker/{}", id(1)), format!("/docker/{}", id(2))]),
             None
         );
+    }
+
+    #[test]
+    fn network_prefixes_of_libnetwork_mounts() {
+        fn p(s: &str) -> Option<&str> {
+            network_prefix(Path::new(s))
+        }
+        assert_eq!(p("/run/docker/netns/1-dolsmd8pb0"), Some("dolsmd8pb0"));
+        assert_eq!(p("/tmp/d/run-b/netns/1-abcdef1234"), Some("abcdef1234"));
+        assert_eq!(p("/run/docker/netns/ingress_sbox"), None);
+        assert_eq!(
+            p("/run/docker/netns/5f3d4aef6cfc"),
+            None,
+            "a container sandbox"
+        );
+        assert_eq!(p("/run/netns/1-abcdef1234"), Some("abcdef1234"));
+        assert_eq!(p("/elsewhere/1-abcdef1234"), None);
     }
 
     #[test]
@@ -221,7 +289,17 @@ mod tests {
             std::os::unix::fs::symlink(&f, dir.join("ns/net")).unwrap();
             std::fs::write(dir.join("cgroup"), format!("0::{path}\n")).unwrap();
         }
-        let s = scan(&cg, &proc_, 16);
+        let mut found: BTreeMap<u32, Discovered> = BTreeMap::new();
+        for e in std::fs::read_dir(&proc_).unwrap().flatten() {
+            let pid: u32 = e.file_name().to_str().unwrap().parse().unwrap();
+            let ino = std::fs::metadata(e.path().join("ns/net")).unwrap().ino() as u32;
+            found.entry(ino).or_default().pids.push(pid);
+        }
+        // A namespace held only by libnetwork's bind mount of an overlay network.
+        found.entry(7).or_default().bind_mounts =
+            vec![PathBuf::from("/x/run-b/netns/1-dolsmd8pb0")];
+        let s = scan_found(&cg, &proc_, &found, 16);
+        assert_eq!(s.networks.get(&7).map(String::as_str), Some("dolsmd8pb0"));
         assert_eq!(s.containers, 3, "{s:?}");
         assert_eq!(s.owners.len(), 2, "{s:?}");
         let ino = |t: &str| std::fs::metadata(d.join(format!("ns-{t}"))).unwrap().ino() as u32;

@@ -18,6 +18,47 @@ pub struct ContainerInfo {
     /// nerdctl's name label). Absent until a runtime has answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Docker Swarm service, task and node (from the container's `com.docker.swarm.*` labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmInfo>,
+    /// Docker Compose project and service (`com.docker.compose.project` / `.service`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose: Option<ComposeInfo>,
+}
+
+/// A Swarm task's identity: `{"service", "task", "node_id"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SwarmInfo {
+    /// `com.docker.swarm.service.name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `com.docker.swarm.task.name` (`<service>.<slot or node id>.<task id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// `com.docker.swarm.node.id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// A Compose service's identity: `{"project", "service"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ComposeInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// A Docker network owning a network namespace (libnetwork's overlay namespace
+/// `<exec-root>/netns/1-<network id prefix>`): `{"id", "name", "driver"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkInfo {
+    /// Full network id as the daemon gives it.
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// A Kubernetes pod as events report it: `{"uid", "name", "namespace", "qos"}`.
@@ -46,6 +87,9 @@ pub struct Workload {
     pub container: Option<ContainerInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodInfo>,
+    /// The Docker network whose namespace this is (network events of an overlay namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkInfo>,
 }
 
 impl Workload {
@@ -57,6 +101,8 @@ impl Workload {
                 id: c.id,
                 runtime: c.runtime,
                 name: None,
+                swarm: None,
+                compose: None,
             }),
             pod: w.pod.map(|p| PodInfo {
                 uid: Some(p.uid),
@@ -64,11 +110,22 @@ impl Workload {
                 namespace: None,
                 qos: Some(p.qos),
             }),
+            network: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.container.is_none() && self.pod.is_none()
+        self.container.is_none() && self.pod.is_none() && self.network.is_none()
+    }
+
+    /// The Swarm service, else the Compose service, of the container: the `service` label
+    /// of network series. `None` when the container has neither.
+    pub fn service(&self) -> Option<&str> {
+        let c = self.container.as_ref()?;
+        c.swarm
+            .as_ref()
+            .and_then(|s| s.service.as_deref())
+            .or_else(|| c.compose.as_ref().and_then(|p| p.service.as_deref()))
     }
 
     /// Adds what a runtime said about the container. The path stays authoritative for the
@@ -79,6 +136,8 @@ impl Workload {
             if meta.name.is_some() {
                 c.name.clone_from(&meta.name);
             }
+            c.swarm.clone_from(&meta.swarm);
+            c.compose.clone_from(&meta.compose);
         }
         if meta.pod_name.is_none() && meta.pod_namespace.is_none() && meta.pod_uid.is_none() {
             return;
@@ -122,7 +181,17 @@ pub struct ContainerMeta {
     pub pod_uid: Option<String>,
     pub pod_name: Option<String>,
     pub pod_namespace: Option<String>,
+    pub swarm: Option<SwarmInfo>,
+    pub compose: Option<ComposeInfo>,
 }
+
+/// Labels dockerd's Swarm executor puts on a task's container.
+pub(crate) const LABEL_SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+pub(crate) const LABEL_SWARM_TASK: &str = "com.docker.swarm.task.name";
+pub(crate) const LABEL_SWARM_NODE: &str = "com.docker.swarm.node.id";
+/// Labels Docker Compose puts on the containers it creates.
+pub(crate) const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub(crate) const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
 
 /// Kubernetes labels every CRI runtime (containerd CRI, CRI-O, cri-dockerd) puts on containers.
 pub(crate) const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -152,12 +221,23 @@ impl ContainerMeta {
                     .map(|n| n.trim_start_matches('/').to_string())
                     .filter(|n| !n.is_empty())
             });
+        let swarm = SwarmInfo {
+            service: get(LABEL_SWARM_SERVICE),
+            task: get(LABEL_SWARM_TASK),
+            node_id: get(LABEL_SWARM_NODE),
+        };
+        let compose = ComposeInfo {
+            project: get(LABEL_COMPOSE_PROJECT),
+            service: get(LABEL_COMPOSE_SERVICE),
+        };
         ContainerMeta {
             runtime,
             name,
             pod_uid: get(LABEL_POD_UID),
             pod_name: get(LABEL_POD_NAME),
             pod_namespace: get(LABEL_POD_NAMESPACE),
+            swarm: (swarm != SwarmInfo::default()).then_some(swarm),
+            compose: (compose != ComposeInfo::default()).then_some(compose),
         }
     }
 }
@@ -222,6 +302,40 @@ mod tests {
         let pod = w.pod.unwrap();
         assert_eq!(pod.name.as_deref(), Some("web-0"));
         assert_eq!((pod.uid, pod.qos), (None, None));
+    }
+
+    #[test]
+    fn swarm_and_compose_labels() {
+        let labels: HashMap<&str, &str> = [
+            (LABEL_SWARM_SERVICE, "web"),
+            (LABEL_SWARM_TASK, "web.1.abc"),
+            (LABEL_SWARM_NODE, "n0de"),
+            (LABEL_COMPOSE_PROJECT, "shop"),
+        ]
+        .into();
+        let meta = ContainerMeta::from_labels(
+            Runtime::Docker,
+            |k| labels.get(k).copied(),
+            Some("/web.1.abc"),
+        );
+        let mut w = Workload::from_path(&format!("/docker/{ID}"));
+        w.merge_meta(&meta);
+        assert_eq!(w.service(), Some("web"));
+        let v = serde_json::to_value(&w).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"container": {
+                "id": ID, "runtime": "docker", "name": "web.1.abc",
+                "swarm": {"service": "web", "task": "web.1.abc", "node_id": "n0de"},
+                "compose": {"project": "shop"}
+            }})
+        );
+        let labels: HashMap<&str, &str> = [(LABEL_COMPOSE_SERVICE, "db")].into();
+        let meta = ContainerMeta::from_labels(Runtime::Docker, |k| labels.get(k).copied(), None);
+        let mut w = Workload::from_path(&format!("/docker/{ID}"));
+        w.merge_meta(&meta);
+        assert_eq!(w.service(), Some("db"));
+        assert!(w.container.unwrap().swarm.is_none());
     }
 
     #[test]

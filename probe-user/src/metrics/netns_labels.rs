@@ -1,5 +1,5 @@
-//! Labels of per-network-namespace series — `namespace`, `pod`, `netns` — and when such a
-//! series' namespace is gone.
+//! Labels of per-network-namespace series — `namespace`, `pod`, `netns`, `container`,
+//! `service`, `network` — and when such a series' namespace is gone.
 //!
 //! The network programs key their counts by the namespace's inode (`net->ns.inum`), never by
 //! the task that happened to run (drops happen in softirq context). The pod is whatever owns
@@ -9,6 +9,14 @@
 //! no series to a pod's; it is what tells apart the namespaces that have no pod (the host's,
 //! `ip netns` ones, containers outside Kubernetes), which all carry empty `namespace` / `pod`.
 //! It is empty when the kernel could not tell the namespace (inode 0).
+//!
+//! Outside Kubernetes, `container` is the container's runtime name (docker `--name`, a Swarm
+//! task's `<service>.<slot>.<task id>`), `service` its Swarm service (else its Compose
+//! service), and `network` the Docker network whose namespace it is (libnetwork's overlay
+//! namespace, where the VXLAN device and the bridge live). All three are functions of the
+//! namespace: they add no series to the `netns` label's, so cardinality stays one set of
+//! series per namespace. A pod's namespace leaves `container` and `service` empty (the pod
+//! names it).
 //!
 //! Liveness: a series is anchored at its namespace ([`Anchor::Netns`]), which exists while
 //! the topology service lists it (it is gone once no process and no bind mount holds it).
@@ -49,16 +57,42 @@ pub struct NetnsLabels {
     pub pod: String,
     /// Network namespace inode.
     pub netns: String,
+    /// Name of the container owning the namespace when it is in no pod (Docker, Swarm).
+    pub container: String,
+    /// Swarm service (else Compose service) of that container.
+    pub service: String,
+    /// Docker network owning the namespace (an overlay network's namespace).
+    pub network: String,
 }
 
 impl NetnsLabels {
     /// `(name, value)` pairs in exposition order.
+    /// `namespace`, `pod`, `netns` (always present).
     pub fn pairs(&self) -> [(&'static str, &str); 3] {
         [
             ("namespace", &self.namespace),
             ("pod", &self.pod),
             ("netns", &self.netns),
         ]
+    }
+
+    /// Every label of the series: [`Self::pairs`], then `container`, `service`, `network`
+    /// where they have a value (an empty label is no label to Prometheus, and leaving them
+    /// out keeps the series of pods and plain namespaces as they were), then `extra`.
+    pub fn with<'a>(&'a self, extra: &[(&'static str, &'a str)]) -> Vec<(&'static str, &'a str)> {
+        let mut v = Vec::with_capacity(6 + extra.len());
+        v.extend(self.pairs());
+        for (k, val) in [
+            ("container", &self.container),
+            ("service", &self.service),
+            ("network", &self.network),
+        ] {
+            if !val.is_empty() {
+                v.push((k, val.as_str()));
+            }
+        }
+        v.extend_from_slice(extra);
+        v
     }
 }
 
@@ -84,6 +118,26 @@ pub fn pod_labels(w: &Workload) -> (String, String) {
             .or_else(|| pod.uid.clone())
             .unwrap_or_default(),
     )
+}
+
+/// `(container, service, network)` of a workload outside Kubernetes: the container's name and
+/// Swarm / Compose service, the Docker network; empty for pods and unknowns.
+pub fn docker_labels(w: &Workload) -> (String, String, String) {
+    let network = w
+        .network
+        .as_ref()
+        .map(|n| n.name.clone().unwrap_or_else(|| n.id.clone()))
+        .unwrap_or_default();
+    if w.pod.is_some() {
+        return (String::new(), String::new(), network);
+    }
+    let container = w
+        .container
+        .as_ref()
+        .and_then(|c| c.name.clone())
+        .unwrap_or_default();
+    let service = w.service().unwrap_or_default().to_string();
+    (container, service, network)
 }
 
 /// Labels namespaces for one scrape, asking the owners once per namespace.
@@ -138,22 +192,27 @@ impl<'a> NetnsLabeler<'a> {
     fn lookup(&mut self, netns: u32) -> &(NetnsLabels, bool) {
         let (owners, host) = (self.owners, self.host);
         self.cache.entry(netns).or_insert_with(|| {
-            let (namespace, pod, resolved) = if Some(netns) == host {
-                (String::new(), String::new(), true)
+            let mut labels = NetnsLabels {
+                netns: netns_label(netns),
+                ..Default::default()
+            };
+            let resolved = if Some(netns) == host {
+                true
             } else {
                 match owners.owner(netns) {
                     Some(w) => {
-                        let named = w.pod.as_ref().is_none_or(|p| p.name.is_some());
-                        let (namespace, pod) = pod_labels(&w);
-                        (namespace, pod, named)
+                        // A pod once named; a container outside pods once its runtime named it.
+                        let named = match (&w.pod, &w.container) {
+                            (Some(p), _) => p.name.is_some(),
+                            (None, Some(c)) => c.name.is_some(),
+                            (None, None) => true,
+                        };
+                        (labels.namespace, labels.pod) = pod_labels(&w);
+                        (labels.container, labels.service, labels.network) = docker_labels(&w);
+                        named
                     }
-                    None => (String::new(), String::new(), false),
+                    None => false,
                 }
-            };
-            let labels = NetnsLabels {
-                namespace,
-                pod,
-                netns: netns_label(netns),
             };
             (labels, resolved)
         })
@@ -246,6 +305,7 @@ pub(crate) mod tests {
                 namespace: namespace.map(Into::into),
                 qos: None,
             }),
+            network: None,
         }
     }
 
@@ -320,5 +380,76 @@ pub(crate) mod tests {
         let none = ListedNetns::new(None);
         assert!(none.lists(8) && none.alive(&Anchor::Netns(8)));
         assert_eq!(netns_anchor(0), Anchor::Host);
+    }
+}
+
+#[cfg(test)]
+mod docker_tests {
+    use super::tests::{FixedOwners, topology};
+    use super::*;
+    use crate::{
+        attribution::{ContainerInfo, NetworkInfo, SwarmInfo},
+        container::Runtime,
+    };
+
+    fn task(name: Option<&str>) -> Workload {
+        Workload {
+            container: Some(ContainerInfo {
+                id: "ab".repeat(32),
+                runtime: Runtime::Docker,
+                name: name.map(Into::into),
+                swarm: Some(SwarmInfo {
+                    service: Some("web".into()),
+                    task: Some("web.n0de.t4sk".into()),
+                    node_id: Some("n0de".into()),
+                }),
+                compose: None,
+            }),
+            pod: None,
+            network: None,
+        }
+    }
+
+    #[test]
+    fn docker_containers_and_networks_are_named_and_empty_labels_left_out() {
+        let mut owners = FixedOwners::default();
+        owners.pods.insert(10, task(Some("web.n0de.t4sk")));
+        owners.pods.insert(11, task(None));
+        owners.pods.insert(
+            12,
+            Workload {
+                network: Some(NetworkInfo {
+                    id: "dolsmd8pb0xyz".into(),
+                    name: Some("ov".into()),
+                    driver: Some("overlay".into()),
+                }),
+                ..Default::default()
+            },
+        );
+        let topo = topology(1, &[10, 11, 12]);
+        let mut l = NetnsLabeler::new(&owners, Some(&topo), true);
+        let (t, _) = l.labels(10);
+        assert_eq!(
+            t.with(&[("reason", "X")]),
+            vec![
+                ("namespace", ""),
+                ("pod", ""),
+                ("netns", "10"),
+                ("container", "web.n0de.t4sk"),
+                ("service", "web"),
+                ("reason", "X"),
+            ]
+        );
+        assert!(l.resolved(10));
+        assert!(!l.resolved(11), "a container not named by its runtime yet");
+        let (n, _) = l.labels(12);
+        assert_eq!(n.network, "ov");
+        assert_eq!((n.container.as_str(), n.service.as_str()), ("", ""));
+        assert!(l.resolved(12));
+        let (h, _) = l.labels(1);
+        assert_eq!(
+            h.with(&[]),
+            vec![("namespace", ""), ("pod", ""), ("netns", "1")]
+        );
     }
 }

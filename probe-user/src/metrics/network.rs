@@ -339,8 +339,7 @@ impl State {
             MetricType::Counter,
         )?;
         for ((ns, reason), v) in self.drops.store_mut().scrape([]) {
-            let [a, b, c] = ns.pairs();
-            ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
+            ConstCounter::new(v).encode(f.encode_family(&ns.with(&[("reason", &reason)]))?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_ip_reassembly_failures",
@@ -349,8 +348,7 @@ impl State {
             MetricType::Counter,
         )?;
         for ((ns, cause), v) in self.reasm.store_mut().scrape(self.reasm_zeros.clone()) {
-            let [a, b, c] = ns.pairs();
-            ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
+            ConstCounter::new(v).encode(f.encode_family(&ns.with(&[("cause", cause)]))?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_ip_fragments",
@@ -359,14 +357,8 @@ impl State {
             MetricType::Counter,
         )?;
         for ((ns, device, dir), v) in self.fragments.store_mut().scrape([]) {
-            let [a, b, c] = ns.pairs();
-            ConstCounter::new(v).encode(f.encode_family(&[
-                a,
-                b,
-                c,
-                ("device", &device),
-                ("direction", dir),
-            ])?)?;
+            ConstCounter::new(v)
+                .encode(f.encode_family(&ns.with(&[("device", &device), ("direction", dir)]))?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_packets",

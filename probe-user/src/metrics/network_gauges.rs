@@ -153,13 +153,8 @@ impl NetworkGauges {
             let mut f =
                 encoder.encode_descriptor(name, help, Some(&Unit::Bytes), MetricType::Gauge)?;
             for ((ns, family), v) in &queues {
-                let [a, b, c] = ns.pairs();
-                ConstGauge::new(pick(v)).encode(f.encode_family(&[
-                    a,
-                    b,
-                    c,
-                    ("family", *family),
-                ])?)?;
+                ConstGauge::new(pick(v))
+                    .encode(f.encode_family(&ns.with(&[("family", *family)]))?)?;
             }
         }
 

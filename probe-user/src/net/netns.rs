@@ -3,9 +3,15 @@
 //! Sources, rescanned periodically by [`NetnsRegistry::refresh`]:
 //! - `/proc/<pid>/ns/net` of every process (thread-group leaders only: `/proc/<pid>/task/*`
 //!   is not walked, so our own short-lived `setns` worker threads never show up);
-//! - bind mounts made by `ip netns add` (`/run/netns/*`, CNI plugins for containerd/CRI-O use
-//!   the same directory) and by Docker (`/run/docker/netns/*`). A bind mount keeps a namespace
-//!   alive with no process in it (Docker overlay sandboxes, pods between restarts).
+//! - every nsfs bind mount of a network namespace, wherever it is mounted: the `nsfs` entries
+//!   (root `net:[<inode>]`) of our own `/proc/self/mountinfo` and of pid 1's (the host's mount
+//!   namespace when fathom shares the host's pids; its mount points are then reached through
+//!   `/proc/1/root`). That finds `ip netns add`'s `/run/netns/*`, Docker's
+//!   `<exec-root>/netns/*` for any `--exec-root` (overlay namespaces `1-<network id>`, sandboxes),
+//!   and a CNI's own directory. A bind mount keeps a namespace alive with no process in it
+//!   (Docker overlay sandboxes, pods between restarts);
+//! - the well-known bind-mount directories (`/run/netns`, `/run/docker/netns`), for a
+//!   mount namespace whose mountinfo does not show them (a hostPath without propagation).
 //!
 //! Identity is the nsfs inode (= the kernel's `net->ns.inum`). A bind-mount directory can also
 //! hold plain files whose mount is gone (e.g. after a crash); those are recognised by their
@@ -42,6 +48,9 @@ pub struct DiscoveryConfig {
     pub proc_root: PathBuf,
     /// Directories holding nsfs bind mounts. Missing directories are fine.
     pub bind_mount_dirs: Vec<PathBuf>,
+    /// Also take every nsfs mount listed in the mountinfo of our own and of pid 1's mount
+    /// namespace (on by default).
+    pub scan_mountinfo: bool,
 }
 
 impl Default for DiscoveryConfig {
@@ -58,8 +67,83 @@ impl Default for DiscoveryConfig {
             .iter()
             .map(PathBuf::from)
             .collect(),
+            scan_mountinfo: true,
         }
     }
+}
+
+/// One nsfs mount of a network namespace, as a mountinfo line lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsfsMount {
+    pub inode: NetnsInode,
+    /// Mount point, as seen in the mount namespace of the mountinfo's process.
+    pub mount_point: PathBuf,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` = space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The network-namespace nsfs mounts of a `/proc/<pid>/mountinfo` text (proc(5): `id parent
+/// maj:min root mount-point options [optional…] - fstype source super-options`; for nsfs the
+/// root is `net:[<inode>]`). Other namespace kinds (`mnt:[…]`, `uts:[…]`) are skipped.
+pub fn parse_mountinfo_nsfs(text: &str) -> Vec<NsfsMount> {
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split(' ').next()? != "nsfs" {
+                return None;
+            }
+            let mut f = pre.split(' ');
+            let root = f.nth(3)?;
+            let mount_point = f.next()?;
+            Some(NsfsMount {
+                inode: parse_ns_link(root)?,
+                mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
+            })
+        })
+        .collect()
+}
+
+/// nsfs mounts of our mount namespace and, when it is another one, of pid 1's (paths then
+/// prefixed with `<proc>/1/root` so we can open them). Unreadable files give nothing.
+fn mountinfo_nsfs(proc_root: &Path) -> Vec<NsfsMount> {
+    let read = |pid: &str| std::fs::read_to_string(proc_root.join(pid).join("mountinfo")).ok();
+    let mut out: Vec<NsfsMount> = read("self")
+        .map(|t| parse_mountinfo_nsfs(&t))
+        .unwrap_or_default();
+    let mnt = |pid: &str| std::fs::read_link(proc_root.join(pid).join("ns/mnt")).ok();
+    let own = mnt("self");
+    if own.is_some() && mnt("1").is_some() && mnt("1") != own {
+        let root = proc_root.join("1/root");
+        for m in read("1")
+            .map(|t| parse_mountinfo_nsfs(&t))
+            .unwrap_or_default()
+        {
+            let rel = m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point);
+            out.push(NsfsMount {
+                inode: m.inode,
+                mount_point: root.join(rel),
+            });
+        }
+    }
+    out
 }
 
 /// What one scan found for one namespace.
@@ -155,9 +239,19 @@ pub fn discover(cfg: &DiscoveryConfig) -> Result<BTreeMap<NetnsInode, Discovered
             }
         }
     }
+    if cfg.scan_mountinfo {
+        for m in mountinfo_nsfs(&cfg.proc_root) {
+            out.entry(m.inode)
+                .or_default()
+                .bind_mounts
+                .push(m.mount_point);
+        }
+    }
     for d in out.values_mut() {
         d.pids.sort_unstable();
+        // A mount seen through a directory and in mountinfo (or propagated twice) counts once.
         d.bind_mounts.sort();
+        d.bind_mounts.dedup();
     }
     Ok(out)
 }
@@ -502,6 +596,36 @@ mod unit {
         assert_eq!(parse_ns_link("net:[x]"), None);
         assert_eq!(parse_ns_link("net:[4026531840"), None);
         assert_eq!(parse_ns_link("net:[99999999999]"), None, "beyond u32");
+    }
+
+    #[test]
+    fn parses_nsfs_mountinfo_lines() {
+        let t = "\
+26 1 0:22 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755
+631 26 0:4 net:[4026532710] /run/netns/blue rw shared:5 - nsfs nsfs rw
+640 30 0:4 net:[4026532801] /tmp/fathom-dockerd-1-x/run-b/netns/1-dolsmd8pb0 rw - nsfs nsfs rw
+641 30 0:4 mnt:[4026532802] /tmp/mnt-ns rw - nsfs nsfs rw
+642 30 0:4 net:[4026532803] /tmp/with\\040space rw shared:9 master:2 - nsfs nsfs rw
+";
+        let m = parse_mountinfo_nsfs(t);
+        assert_eq!(
+            m,
+            vec![
+                NsfsMount {
+                    inode: 4026532710,
+                    mount_point: "/run/netns/blue".into()
+                },
+                NsfsMount {
+                    inode: 4026532801,
+                    mount_point: "/tmp/fathom-dockerd-1-x/run-b/netns/1-dolsmd8pb0".into()
+                },
+                NsfsMount {
+                    inode: 4026532803,
+                    mount_point: "/tmp/with space".into()
+                },
+            ]
+        );
+        assert!(parse_mountinfo_nsfs("garbage\n1 2 3\n").is_empty());
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Docker Engine API (bollard) over the daemon's unix socket: container name and labels.
+//! Docker Engine API (bollard) over the daemon's unix socket: container name and labels, and
+//! the network behind an id prefix (libnetwork names an overlay network's namespace
+//! `1-<first 10 characters of the network id>`).
 
 use std::path::PathBuf;
 
@@ -6,7 +8,10 @@ use bollard::{API_DEFAULT_VERSION, Docker, errors::Error};
 use tokio::sync::Mutex;
 
 use super::RuntimeError;
-use crate::{attribution::workload::ContainerMeta, container::Runtime};
+use crate::{
+    attribution::workload::{ContainerMeta, NetworkInfo},
+    container::Runtime,
+};
 
 pub(crate) struct DockerClient {
     socket: PathBuf,
@@ -52,6 +57,29 @@ impl DockerClient {
                     c.name.as_deref(),
                 )))
             }
+            Err(Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => {
+                *self.conn.lock().await = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The network whose id starts with `prefix` (the daemon resolves unique id prefixes,
+    /// `GET /networks/{prefix}`); `None` when this daemon has none.
+    pub(crate) async fn network(&self, prefix: &str) -> Result<Option<NetworkInfo>, RuntimeError> {
+        let d = self.client().await?;
+        match d.inspect_network(prefix, None).await {
+            Ok(n) => Ok(n
+                .id
+                .filter(|id| id.starts_with(prefix))
+                .map(|id| NetworkInfo {
+                    id,
+                    name: n.name,
+                    driver: n.driver,
+                })),
             Err(Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),

@@ -50,7 +50,8 @@ pub(crate) struct Request {
 pub(crate) struct Runtimes {
     containerd: Option<ContainerdClient>,
     crio: Option<CrioClient>,
-    docker: Option<DockerClient>,
+    /// One client per dockerd socket.
+    docker: Vec<DockerClient>,
     timeout: Duration,
 }
 
@@ -58,7 +59,7 @@ impl Runtimes {
     pub(crate) fn new(
         containerd: Option<ContainerdClient>,
         crio: Option<CrioClient>,
-        docker: Option<DockerClient>,
+        docker: Vec<DockerClient>,
         timeout: Duration,
     ) -> Self {
         Runtimes {
@@ -70,7 +71,7 @@ impl Runtimes {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.containerd.is_none() && self.crio.is_none() && self.docker.is_none()
+        self.containerd.is_none() && self.crio.is_none() && self.docker.is_empty()
     }
 
     /// Asks the hinted runtime first, then the others (a bare id under a custom cgroup parent
@@ -84,6 +85,21 @@ impl Runtimes {
         let mut all_answered = true;
         let mut any_answered = false;
         for rt in order {
+            if rt == Runtime::Docker {
+                // Every dockerd: the first that knows the id answers.
+                for c in &self.docker {
+                    match self.bounded(c.inspect(&req.id)).await {
+                        Ok(Some(meta)) => return Answer::Found(meta.into()),
+                        Ok(None) => any_answered = true,
+                        Err(RuntimeError::NoSocket(_)) => {}
+                        Err(e) => {
+                            debug!(id = %req.id, runtime = "docker", error = %e, "runtime lookup failed");
+                            all_answered = false;
+                        }
+                    }
+                }
+                continue;
+            }
             let r = match rt {
                 Runtime::Containerd => match &self.containerd {
                     Some(c) => {
@@ -96,11 +112,7 @@ impl Runtimes {
                     Some(c) => self.bounded(c.inspect(&req.id)).await,
                     None => continue,
                 },
-                Runtime::Docker => match &self.docker {
-                    Some(c) => self.bounded(c.inspect(&req.id)).await,
-                    None => continue,
-                },
-                Runtime::Podman | Runtime::Unknown => continue,
+                Runtime::Docker | Runtime::Podman | Runtime::Unknown => continue,
             };
             match r {
                 Ok(Some(meta)) => return Answer::Found(meta.into()),
@@ -118,6 +130,19 @@ impl Runtimes {
         } else {
             Answer::Unavailable
         }
+    }
+
+    /// The Docker network with this id prefix, from the first dockerd that has one.
+    pub(crate) async fn docker_network(&self, prefix: &str) -> Option<super::NetworkInfo> {
+        for c in &self.docker {
+            match tokio::time::timeout(self.timeout, c.network(prefix)).await {
+                Ok(Ok(Some(n))) => return Some(n),
+                Ok(Ok(None)) | Ok(Err(RuntimeError::NoSocket(_))) => {}
+                Ok(Err(e)) => debug!(prefix, error = %e, "docker network lookup failed"),
+                Err(_) => debug!(prefix, "docker network lookup timed out"),
+            }
+        }
+        None
     }
 
     async fn bounded(
