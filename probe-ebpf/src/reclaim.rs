@@ -1,7 +1,9 @@
 //! Memory reclaim stalls: how long tasks spend reclaiming memory, per memory cgroup.
 //!
-//! Tracepoints (include/trace/events/vmscan.h, present from before 5.10 through 6.18 with the
-//! same shape; none of their arguments is read, only the pairing and the clock):
+//! Tracepoints (include/trace/events/vmscan.h; long-standing — the memcg pair since the
+//! 2.6.3x series — though their arguments changed over time, e.g. `may_writepage` was dropped
+//! from the begin events; none of the arguments is read, only the pairing and the clock.
+//! Attached and checked on 6.18; the qemu kernels are not checked for them yet):
 //! - `mm_vmscan_memcg_reclaim_begin(int order, gfp_t gfp_flags)` / `_end(unsigned long
 //!   nr_reclaimed)`: around `try_to_free_mem_cgroup_pages()` (mm/vmscan.c, CONFIG_MEMCG). It
 //!   runs in the allocating task when a charge hits `memory.max` (`try_charge_memcg()`, 5.16+;
