@@ -14,6 +14,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod drops;
+mod frag;
 mod kread;
 mod maps;
 mod netdev;

@@ -1,5 +1,7 @@
-//! IP fragments and VXLAN traffic per device: `net:net_dev_start_xmit` and
-//! `net:netif_receive_skb`.
+//! VXLAN traffic per device: `net:net_dev_start_xmit` and `net:netif_receive_skb`.
+//! (Fragments are no longer counted here: per-namespace fragment totals are the kernel's own
+//! SNMP counters, read by userspace, and reassembly failures come from `skb:kfree_skb` and
+//! the fragment-queue timers, see `frag.rs`.)
 //!
 //! Prototypes (include/trace/events/net.h, stable since 4.x):
 //!   `net_dev_start_xmit(const struct sk_buff *skb, const struct net_device *dev)`
@@ -9,8 +11,7 @@
 //! is valid. At `netif_receive_skb` the link-layer header has been pulled: `skb->data` is the
 //! network header.
 //!
-//! Every fragment is counted (sum over a namespace's devices = FragCreates on the sender,
-//! ReasmReqds on the receiver). VXLAN devices (listed by userspace in `VXLAN_DEVS` from
+//! VXLAN devices (listed by userspace in `VXLAN_DEVS` from
 //! netlink) also get packet/byte counts and, on transmit, the frames whose encapsulated
 //! packet will exceed the underlay MTU — they will be fragmented.
 
@@ -22,9 +23,9 @@ use probe_common::{
 
 use crate::{
     kread::{field, field_ptr, read},
-    maps::{IF_COUNTS, VXLAN_DEVS, net_stat, set_net_context},
+    maps::{IF_COUNTS, VXLAN_DEVS, net_stat},
     net_config, net_offsets,
-    netns::{dev_netns, ip_fragment_info, network_header},
+    netns::dev_netns,
 };
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]
@@ -32,8 +33,7 @@ pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(1);
     let o = net_offsets();
-    let nh = unsafe { network_header(&o, skb) };
-    unsafe { count(&o, skb, dev, nh, DIRECTION_TX) };
+    unsafe { count(&o, skb, dev, DIRECTION_TX) };
     0
 }
 
@@ -42,46 +42,28 @@ pub fn netif_receive_skb(ctx: BtfTracePointContext) -> u32 {
     let skb: *const u8 = ctx.arg(0);
     let o = net_offsets();
     let dev = unsafe { field_ptr(skb, o.skb_dev) };
-    let data = unsafe { field_ptr(skb, o.skb_data) };
-    let nh = (!data.is_null()).then_some(data);
-    unsafe { count(&o, skb, dev, nh, DIRECTION_RX) };
+    unsafe { count(&o, skb, dev, DIRECTION_RX) };
     0
 }
 
 #[inline(always)]
-unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, nh: Option<*const u8>, dir: u32) {
-    let l3 = u16::from_be(unsafe { field::<u16>(skb, o.skb_protocol) });
-    let frag = match nh {
-        Some(nh) => unsafe { ip_fragment_info(l3, nh) },
-        None => None,
-    };
-    let is_frag = matches!(frag, Some((true, _, _)));
+unsafe fn count(o: &NetOffsets, skb: *const u8, dev: *const u8, dir: u32) {
     let c = net_config();
-    // Cheap exit for the common case: not a fragment and not a VXLAN device (told by its
-    // transmit function, two reads instead of a namespace lookup and a map lookup).
-    if !is_frag && unsafe { surely_not_vxlan(o, &c, dev) } {
+    // Cheap exit for the common case: not a VXLAN device (told by its transmit function, two
+    // reads instead of a namespace lookup and a map lookup).
+    if unsafe { surely_not_vxlan(o, &c, dev) } {
         return;
     }
     let Some((netns, ifindex)) = (unsafe { dev_netns(o, &c, dev) }) else {
         return;
     };
-    if is_frag && dir == DIRECTION_RX {
-        set_net_context(netns, ifindex, unsafe {
-            aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns()
-        });
-    }
     let dev_key = DevKey { netns, ifindex };
     let vxlan = unsafe { VXLAN_DEVS.get(dev_key) };
-    if !is_frag && vxlan.is_none() {
+    if vxlan.is_none() {
         return;
     }
     let len = unsafe { field::<u32>(skb, o.skb_len) } as u64;
     let mut add = IfCounters::default();
-    if let Some((true, first, _)) = frag {
-        add.frag_packets = 1;
-        add.frag_bytes = len;
-        add.frag_first = first as u64;
-    }
     if let Some(v) = vxlan {
         add.vxlan_packets = 1;
         add.vxlan_bytes = len;

@@ -53,6 +53,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         hook: Hook::BtfTracepoint("netif_receive_skb"),
         family: "net",
     },
+    ProgramSpec {
+        name: "reasm_expire",
+        hook: Hook::BtfTracepoint("timer_expire_entry"),
+        family: "net",
+    },
 ];
 
 /// Settings for loading.
@@ -162,6 +167,10 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             u32::MAX,
         ],
         vxlan_xmit_addr: kallsyms.as_ref().map_or(0, vxlan_xmit_address),
+        ip_expire_addr: kallsyms.as_ref().map_or(0, |k| symbol(k, "ip_expire")),
+        ip6_frag_expire_addr: kallsyms
+            .as_ref()
+            .map_or(0, |k| symbol(k, "ip6_frag_expire")),
     };
     let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default())?;
     let net_offs_value = net_offs.as_ref().copied().unwrap_or(NetOffsets::zeroed());
@@ -177,6 +186,15 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         let variant = object_program(&btf, spec);
         let result = match (&net_offs, spec.family) {
             (Err(e), "net") => Err(format!("kernel BTF lacks what it needs: {e}")),
+            (Ok(o), _) if spec.name == "reasm_expire" && !offsets::expiry_offsets_known(o) => {
+                Err("kernel BTF lacks inet_frag_queue.fqdir / timer_list.function: timed-out fragment queues of queues whose first fragment never came are not counted, and their fragments are attributed by the fragment context only".to_string())
+            }
+            _ if spec.name == "reasm_expire"
+                && net_config.ip_expire_addr == 0
+                && net_config.ip6_frag_expire_addr == 0 =>
+            {
+                Err("ip_expire / ip6_frag_expire not in /proc/kallsyms: fragment-queue timeouts are counted from drops only".to_string())
+            }
             _ => match unsupported_reason(&btf, spec) {
                 Some(why) => Err(why),
                 None => attach_one(&mut ebpf, spec, variant, &aya_btf),
@@ -220,6 +238,13 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 fn vxlan_xmit_address(k: &crate::kallsyms::Kallsyms) -> u64 {
     k.address_of("vxlan_xmit")
         .or_else(|| k.address_of("vxlan_xmit [vxlan]"))
+        .unwrap_or(0)
+}
+
+/// A symbol's address (built in, else in a module), 0 when unknown.
+fn symbol(k: &crate::kallsyms::Kallsyms, name: &str) -> u64 {
+    k.address_of(name)
+        .or_else(|| k.address_of(&format!("{name} [ipv6]")))
         .unwrap_or(0)
 }
 

@@ -4,8 +4,9 @@
 //! - `fathom_ip_reassembly_failures_total{namespace,pod,netns,cause}` (`DROPS` entries the
 //!   [`NetInterpreter`] classifies as reassembly failures, counted as
 //!   [`counts_as_failure`] says: timeouts once per expired queue, like the kernel's
-//!   ReasmTimeout / ReasmFails);
-//! - `fathom_ip_fragments_total{namespace,pod,netns,device,direction}` (`IF_COUNTS`);
+//!   ReasmTimeout / ReasmFails); while the expiry program is attached, `timeout` is its
+//!   `EXPIRED` count instead (one per expired queue, in the queue's namespace);
+//! - (`fathom_ip_fragments_total` is the namespaces' SNMP counters: see `network_gauges`);
 //! - `fathom_vxlan_packets_total{netns,device,vni,direction}`,
 //!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`IF_COUNTS` of the devices in
 //!   `VXLAN_DEVS`) and `fathom_vxlan_drops_total{netns,device,vni,reason}` (`DROPS` on a VXLAN
@@ -32,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::{Counter, DIRECTION_TX, DropKey, IfCounters, IfKey};
+use probe_common::{Counter, DIRECTION_TX, DropKey, ExpireKey, IfCounters, IfKey};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -48,6 +49,7 @@ use super::{
     store::CumulativeCounters,
 };
 use crate::{
+    drop_reason::ReasmCause,
     net::{Topology, TopologySnapshot},
     net_counters,
     netreport::{NetInterpreter, counts_as_failure},
@@ -79,7 +81,6 @@ impl VxlanLabels {
 
 type DropSeries = (NetnsLabels, String);
 type ReasmSeries = (NetnsLabels, &'static str);
-type FragmentSeries = (NetnsLabels, String, &'static str);
 type VxlanPacketSeries = (VxlanLabels, &'static str);
 type VxlanDropSeries = (VxlanLabels, String);
 
@@ -91,7 +92,6 @@ type Reading<K, L> = (K, u64, L, Anchor);
 struct Readings {
     drops: Vec<Reading<DropKey, DropSeries>>,
     reasm: Vec<Reading<DropKey, ReasmSeries>>,
-    fragments: Vec<Reading<IfKey, FragmentSeries>>,
     vxlan_packets: Vec<Reading<IfKey, VxlanPacketSeries>>,
     vxlan_oversize: Vec<Reading<IfKey, VxlanLabels>>,
     vxlan_drops: Vec<Reading<DropKey, VxlanDropSeries>>,
@@ -127,7 +127,37 @@ fn vxlan_labels(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -
     }
 }
 
-/// Labels every kernel key of one snapshot of the maps whose namespace is `ready`.
+/// `DropKey::reason` of the keys [`with_expiries`] adds: timed-out queues, not drops.
+const EXPIRY_REASON: u32 = u32::MAX - 1;
+
+/// The `DROPS` snapshot plus one key per `EXPIRED` entry (reason [`EXPIRY_REASON`], protocol
+/// the family), so that expiries go through the same naming, readiness and TTL as drops.
+fn with_expiries(
+    drops: HashMap<DropKey, Counter>,
+    expired: &HashMap<ExpireKey, u64>,
+) -> HashMap<DropKey, Counter> {
+    let mut out = drops;
+    for (k, &n) in expired {
+        let key = DropKey {
+            netns: k.netns,
+            reason: EXPIRY_REASON,
+            l3_proto: if k.family == 6 { 0x86dd } else { 0x0800 },
+            netns_cookie: k.netns_cookie,
+            ..DropKey::default()
+        };
+        out.insert(
+            key,
+            Counter {
+                packets: n,
+                bytes: 0,
+            },
+        );
+    }
+    out
+}
+
+/// Labels every kernel key of one snapshot of the maps whose namespace is `ready`. With
+/// `expiry`, timeouts come from the [`EXPIRY_REASON`] keys only.
 fn readings(
     interpreter: &NetInterpreter,
     drops: &HashMap<DropKey, Counter>,
@@ -135,15 +165,26 @@ fn readings(
     topology: Option<&TopologySnapshot>,
     labeler: &mut NetnsLabeler<'_>,
     ready: &HashSet<u32>,
+    expiry: bool,
 ) -> Readings {
     let mut r = Readings::default();
     for (k, c) in drops {
         if !ready.contains(&k.netns) {
             continue;
         }
-        let class = interpreter.classify(k.reason, k.location);
         let (labels, anchor) = labeler.labels(k.netns);
+        if k.reason == EXPIRY_REASON {
+            r.reasm.push((
+                *k,
+                c.packets,
+                (labels, ReasmCause::Timeout.as_str()),
+                anchor,
+            ));
+            continue;
+        }
+        let class = interpreter.classify(k.reason, k.location);
         if let Some((cause, _)) = class.reassembly
+            && !(expiry && cause == ReasmCause::Timeout)
             && counts_as_failure(cause, class.location.as_deref())
         {
             r.reasm.push((
@@ -172,12 +213,6 @@ fn readings(
         if !ready.contains(&k.netns) {
             continue;
         }
-        if c.frag_packets > 0 {
-            let (labels, anchor) = labeler.labels(k.netns);
-            let device = device_name(topology, k.netns, k.ifindex);
-            r.fragments
-                .push((*k, c.frag_packets, (labels, device, direction(k)), anchor));
-        }
         if c.vxlan_packets > 0 {
             let labels = vxlan_labels(topology, k.netns, k.ifindex);
             let anchor = netns_anchor(k.netns);
@@ -199,7 +234,6 @@ fn readings(
 struct State {
     drops: CumulativeCounters<DropKey, DropSeries>,
     reasm: CumulativeCounters<DropKey, ReasmSeries>,
-    fragments: CumulativeCounters<IfKey, FragmentSeries>,
     vxlan_packets: CumulativeCounters<IfKey, VxlanPacketSeries>,
     vxlan_oversize: CumulativeCounters<IfKey, VxlanLabels>,
     vxlan_drops: CumulativeCounters<DropKey, VxlanDropSeries>,
@@ -215,7 +249,6 @@ impl State {
             first_seen: HashMap::new(),
             drops: CumulativeCounters::new(ttl),
             reasm: CumulativeCounters::new(ttl),
-            fragments: CumulativeCounters::new(ttl),
             vxlan_packets: CumulativeCounters::new(ttl),
             vxlan_oversize: CumulativeCounters::new(ttl),
             vxlan_drops: CumulativeCounters::new(ttl),
@@ -257,13 +290,11 @@ impl State {
     fn update(&mut self, r: Readings, now: Instant, alive: &impl Fn(&Anchor) -> bool) -> usize {
         self.drops.observe(r.drops, now);
         self.reasm.observe(r.reasm, now);
-        self.fragments.observe(r.fragments, now);
         self.vxlan_packets.observe(r.vxlan_packets, now);
         self.vxlan_oversize.observe(r.vxlan_oversize, now);
         self.vxlan_drops.observe(r.vxlan_drops, now);
         self.drops.expire(now, alive)
             + self.reasm.expire(now, alive)
-            + self.fragments.expire(now, alive)
             + self.vxlan_packets.expire(now, alive)
             + self.vxlan_oversize.expire(now, alive)
             + self.vxlan_drops.expire(now, alive)
@@ -289,22 +320,6 @@ impl State {
         for ((ns, cause), v) in self.reasm.store().snapshot() {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
-        }
-        let mut f = encoder.encode_descriptor(
-            "fathom_ip_fragments",
-            "IPv4/IPv6 fragments sent (tx) and received (rx), by network namespace and device",
-            None,
-            MetricType::Counter,
-        )?;
-        for ((ns, device, dir), v) in self.fragments.store().snapshot() {
-            let [a, b, c] = ns.pairs();
-            ConstCounter::new(v).encode(f.encode_family(&[
-                a,
-                b,
-                c,
-                ("device", &device),
-                ("direction", dir),
-            ])?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_packets",
@@ -367,6 +382,7 @@ impl NetworkSeries {
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
         topology: Option<&TopologySnapshot>,
+        expiry: bool,
         now: Instant,
     ) {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
@@ -380,6 +396,7 @@ impl NetworkSeries {
             topology,
             &mut labeler,
             &ready,
+            expiry,
         );
         let expired = state.update(r, now, &|a: &Anchor| listed.alive(a));
         if expired > 0 {
@@ -430,17 +447,21 @@ impl NetworkCounters {
 impl Collector for NetworkCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Both maps under one lock of the object: one consistent-enough snapshot per scrape.
+        let expiry = self.kernel.attached().contains(&"reasm_expire");
         let maps = self.kernel.with_ebpf(|ebpf| {
-            Ok::<_, net_counters::CountersError>((
-                net_counters::drops(ebpf)?,
-                net_counters::interfaces(ebpf)?,
-            ))
+            let drops = net_counters::drops(ebpf)?;
+            let drops = if expiry {
+                with_expiries(drops, &net_counters::expired(ebpf)?)
+            } else {
+                drops
+            };
+            Ok::<_, net_counters::CountersError>((drops, net_counters::interfaces(ebpf)?))
         });
         match maps {
             Ok((drops, ifs)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
                 self.series
-                    .update(&drops, &ifs, topology.as_deref(), Instant::now());
+                    .update(&drops, &ifs, topology.as_deref(), expiry, Instant::now());
             }
             // The last values stay exported: better than counters that vanish for a scrape.
             Err(e) => warn!(error = %e, "cannot read the network counters"),
@@ -488,6 +509,7 @@ mod tests {
             l4_proto: 17,
             _pad: 0,
             location,
+            netns_cookie: 0,
         }
     }
 
@@ -558,7 +580,7 @@ mod tests {
             t: Option<&TopologySnapshot>,
             now: Instant,
         ) {
-            self.0.update(drops, ifs, t, now);
+            self.0.update(drops, ifs, t, false, now);
         }
 
         fn text(&self) -> String {
@@ -623,23 +645,17 @@ mod tests {
     }
 
     #[test]
-    fn fragments_and_vxlan_traffic_are_named_by_the_topology() {
+    fn vxlan_traffic_is_named_by_the_topology() {
         let (c, _) = counters(FixedOwners::default(), true);
         let t = topo();
         let mut ifs = HashMap::new();
+        // Per-device fragment counts of an older object are not exported here: fragments
+        // are the namespaces' SNMP counters (network_gauges).
         ifs.insert(
             if_key(HOST, 2, DIRECTION_TX),
             IfCounters {
                 frag_packets: 6,
                 frag_first: 2,
-                ..Default::default()
-            },
-        );
-        // A device the topology does not know (yet).
-        ifs.insert(
-            if_key(POD_NS, 9, DIRECTION_RX),
-            IfCounters {
-                frag_packets: 3,
                 ..Default::default()
             },
         );
@@ -666,12 +682,7 @@ mod tests {
         c.update(&drops, &ifs, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
-        has(
-            r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026531840",device="eth0",direction="tx"} 6"#,
-        );
-        has(
-            r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026532100",device="if9",direction="rx"} 3"#,
-        );
+        assert!(!text.contains("fathom_ip_fragments"), "{text}");
         has(
             r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="42",direction="tx"} 10"#,
         );
@@ -703,18 +714,14 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let rx = |n| {
-            HashMap::from([(
-                if_key(NEW, 2, DIRECTION_RX),
-                IfCounters {
-                    frag_packets: n,
-                    ..Default::default()
-                },
-            )])
+            let mut drops = HashMap::new();
+            drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
+            drops.insert(key(NEW, 2, 3, 0xffff_ffff_8100_1004), packets(n));
+            drops
         };
-        let mut drops = HashMap::new();
-        drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
+        let ifs = HashMap::new();
         // Not listed yet: the named pod's namespace is exported at once, the new one waits.
-        c.update(&drops, &rx(3), Some(&topo()), t0);
+        c.update(&rx(3), &ifs, Some(&topo()), t0);
         let text = c.text();
         assert!(text.contains(r#"pod="web-0""#), "{text}");
         assert!(!text.contains(r#"netns="4026532200""#), "{text}");
@@ -734,17 +741,59 @@ mod tests {
                 vxlan: None,
             }],
         );
-        c.update(&drops, &rx(5), Some(&t), t0 + NAMING_GRACE / 2);
+        c.update(&rx(5), &ifs, Some(&t), t0 + NAMING_GRACE / 2);
         assert!(!c.text().contains(r#"netns="4026532200""#));
-        c.update(&drops, &rx(6), Some(&t), t0 + NAMING_GRACE);
+        c.update(&rx(6), &ifs, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         assert!(
             text.contains(
-                "fathom_ip_fragments_total{namespace=\"\",pod=\"\",netns=\"4026532200\",device=\"eth0\",direction=\"rx\"} 6\n"
+                "fathom_packet_drops_total{namespace=\"\",pod=\"\",netns=\"4026532200\",reason=\"NO_SOCKET\"} 6\n"
             ),
-            "everything under the device's name: {text}"
+            "everything counted so far: {text}"
         );
-        assert!(!text.contains("if2"), "{text}");
+    }
+
+    #[test]
+    fn timeouts_are_the_expiry_counts_while_the_expiry_program_runs() {
+        let mut owners = FixedOwners::default();
+        owners
+            .pods
+            .insert(POD_NS, pod("uid", Some("web-0"), Some("shop")));
+        let (c, _) = counters(owners, true);
+        let mut drops = HashMap::new();
+        // Timed-out fragments' drops (head and purged rest) are no failures then...
+        drops.insert(key(POD_NS, 0, 40, 0xffff_ffff_8100_0810), packets(3));
+        drops.insert(key(POD_NS, 0, 40, 0xffff_ffff_8100_0a10), packets(5));
+        // ... the expired queues are (two, one of them without its first fragment).
+        let expired = HashMap::from([(
+            ExpireKey {
+                netns: POD_NS,
+                family: 4,
+                netns_cookie: 77,
+            },
+            2u64,
+        )]);
+        let drops = with_expiries(drops, &expired);
+        c.0.update(&drops, &HashMap::new(), Some(&topo()), true, Instant::now());
+        let text = c.text();
+        assert!(
+            text.contains(
+                "fathom_ip_reassembly_failures_total{namespace=\"shop\",pod=\"web-0\",netns=\"4026532100\",cause=\"timeout\"} 2\n"
+            ),
+            "{text}"
+        );
+        // The expiries are not drops.
+        assert!(
+            text.contains(
+                "fathom_packet_drops_total{namespace=\"shop\",pod=\"web-0\",netns=\"4026532100\",reason=\"FRAG_REASM_TIMEOUT\"} 8\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("fathom_packet_drops_total{").count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]

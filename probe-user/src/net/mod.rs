@@ -28,7 +28,7 @@ pub mod topology;
 use std::io;
 use std::path::PathBuf;
 
-pub use fragmem::{FragMem, FragQueueMem, IpSnmp, SnmpSnapshot};
+pub use fragmem::{FragCounters, FragMem, FragQueueMem, FragTotals, IpSnmp, SnmpSnapshot};
 pub use links::{Link, UnderlayFamily, UnderlayRef, UnderlaySource, VxlanConfig};
 pub use mtu::MtuMismatch;
 pub use netns::{NetnsHandle, NetnsInfo, NetnsRegistry, run_in_netns};
