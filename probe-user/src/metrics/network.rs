@@ -241,18 +241,76 @@ struct State {
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
     first_seen: HashMap<u32, (Instant, bool)>,
+    /// The newest netns cookie seen per inode (see [`State::track_cookies`]).
+    cookies: HashMap<u32, u64>,
+    ttl: Duration,
 }
 
 impl State {
     fn new(ttl: Duration) -> Self {
         Self {
             first_seen: HashMap::new(),
+            cookies: HashMap::new(),
+            ttl,
             drops: CumulativeCounters::new(ttl),
             reasm: CumulativeCounters::new(ttl),
             vxlan_packets: CumulativeCounters::new(ttl),
             vxlan_oversize: CumulativeCounters::new(ttl),
             vxlan_drops: CumulativeCounters::new(ttl),
         }
+    }
+
+    /// Namespace identity across inode reuse. The kernel reuses a gone namespace's inode
+    /// number within seconds; its cookie (`net->net_cookie`, in every drop key) only grows.
+    /// When an inode shows a newer cookie, the namespace it named is gone: its series are
+    /// removed at once (the new one's start from 0 — Prometheus sees a counter reset, not a
+    /// gone pod's counts continuing), and keys still holding the older cookie (not yet
+    /// deleted from the maps) are left out. Keys with cookie 0 (kernels before 5.14) are
+    /// kept as they are.
+    fn track_cookies(
+        &mut self,
+        drops: &HashMap<DropKey, Counter>,
+        now: Instant,
+    ) -> HashMap<DropKey, Counter> {
+        let mut newest: HashMap<u32, u64> = HashMap::new();
+        for k in drops.keys().filter(|k| k.netns_cookie != 0) {
+            let e = newest.entry(k.netns).or_default();
+            *e = (*e).max(k.netns_cookie);
+        }
+        for (ns, cookie) in newest {
+            let known = self.cookies.entry(ns).or_insert(cookie);
+            if *known < cookie {
+                *known = cookie;
+                self.forget_netns(ns, now);
+            }
+        }
+        drops
+            .iter()
+            .filter(|(k, _)| {
+                k.netns_cookie == 0
+                    || self
+                        .cookies
+                        .get(&k.netns)
+                        .is_none_or(|&c| k.netns_cookie >= c)
+            })
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// Removes every drop-keyed series of namespace inode `ns` now.
+    fn forget_netns(&mut self, ns: u32, now: Instant) {
+        let label = netns_label(ns);
+        let later = now + self.ttl;
+        self.drops
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.reasm
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.vxlan_drops
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.first_seen.remove(&ns);
     }
 
     /// The namespaces of this snapshot whose counts are exported: labels final, or first
@@ -388,6 +446,7 @@ impl NetworkSeries {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
+        let drops = &state.track_cookies(drops, now);
         let ready = state.ready(drops, ifs, &listed, &mut labeler, now);
         let r = readings(
             &self.interpreter,
@@ -794,6 +853,50 @@ mod tests {
             1,
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_new_namespace_with_a_reused_inode_never_adds_to_the_gone_ones_counts() {
+        let mut owners = FixedOwners::default();
+        owners.pods.insert(POD_NS, pod("uid", Some("web-0"), None));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let k = |cookie| DropKey {
+            netns_cookie: cookie,
+            ..key(POD_NS, 3, 3, 0xffff_ffff_8100_1004)
+        };
+        let line = |n: u64| {
+            format!(
+                "fathom_packet_drops_total{{namespace=\"\",pod=\"web-0\",netns=\"4026532100\",reason=\"NO_SOCKET\"}} {n}\n"
+            )
+        };
+        c.update(
+            &HashMap::from([(k(10), packets(5))]),
+            &HashMap::new(),
+            Some(&topo()),
+            t0,
+        );
+        assert!(c.text().contains(&line(5)), "{}", c.text());
+        // The namespace is gone, a new one got its inode (cookie 11) and dropped 2 packets;
+        // the gone one's key (cookie 10) is still in the map and grew once more.
+        let both = HashMap::from([(k(10), packets(6)), (k(11), packets(2))]);
+        c.update(
+            &both,
+            &HashMap::new(),
+            Some(&topo()),
+            t0 + Duration::from_secs(1),
+        );
+        let text = c.text();
+        assert!(text.contains(&line(2)), "only the new namespace's: {text}");
+        // Later readings keep them apart; cookie-less keys (old kernels) are left alone.
+        let later = HashMap::from([(k(10), packets(9)), (k(11), packets(3))]);
+        c.update(
+            &later,
+            &HashMap::new(),
+            Some(&topo()),
+            t0 + Duration::from_secs(2),
+        );
+        assert!(c.text().contains(&line(3)), "{}", c.text());
     }
 
     #[test]
