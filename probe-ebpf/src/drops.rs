@@ -189,7 +189,7 @@ fn add_to_drops(key: &DropKey, packets: u64, bytes: u64) {
         },
         None => {
             let v = Counter { packets, bytes };
-            if DROPS.insert(key, &v, 0).is_err() {
+            if DROPS.insert(key, v, 0).is_err() {
                 net_stat_add(NET_STAT_DROPS_MAP_FULL, packets);
             }
         }

@@ -84,10 +84,10 @@ unsafe fn expired(o: &NetOffsets, timer: *const u8, family: u32) -> Result<(), i
         family,
         netns_cookie: cookie,
     };
-    match EXPIRED.get_ptr_mut(&key) {
+    match EXPIRED.get_ptr_mut(key) {
         Some(v) => unsafe { *v += 1 },
         None => {
-            let _ = EXPIRED.insert(&key, 1u64, 0);
+            let _ = EXPIRED.insert(key, 1u64, 0);
         }
     }
     Ok(())

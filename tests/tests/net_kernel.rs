@@ -171,3 +171,58 @@ fn healthy_traffic_over_veth_runs_no_fragment_program() {
         }
     }
 }
+
+/// The kernel reuses a deleted namespace's inode within seconds. Namespaces are created,
+/// given a different number of drops each and deleted until one inode has served two of them:
+/// the drop keys carry each namespace's cookie, which equals what `SO_NETNS_COOKIE` answers
+/// inside it, and every namespace's count stays its own.
+#[test]
+fn counts_of_namespaces_sharing_a_reused_inode_stay_apart() {
+    require_root!();
+    let l = load();
+    let no_socket = drop_reason("NO_SOCKET");
+    // (inode, cookie, datagrams sent)
+    let mut made: Vec<(u64, u64, u64)> = Vec::new();
+    let mut reused = None;
+    for i in 0..300u64 {
+        let ns = NetNs::new();
+        ns.lo_up();
+        let cookie = fathom_tests::traffic::in_netns(&ns, || {
+            fathom::net::cookie::netns_cookie_here().expect("SO_NETNS_COOKIE")
+        });
+        let n = 3 + i % 5;
+        udp_send(&ns, "127.0.0.1:9", 16, n as usize, None);
+        let inode = ns.inode();
+        if made.iter().any(|m| m.0 == inode) {
+            reused = Some(inode);
+        }
+        made.push((inode, cookie, n));
+        drop(ns);
+        if reused.is_some() {
+            break;
+        }
+        // Namespaces are freed by a kernel worker shortly after the last reference goes.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let inode = reused.expect("no inode was reused in 300 namespaces");
+    let drops = net_counters::drops(&l.ebpf).unwrap();
+    let counted = |inode: u64, cookie: u64| -> u64 {
+        drops
+            .iter()
+            .filter(|(k, _)| {
+                k.netns as u64 == inode && k.netns_cookie == cookie && k.reason == no_socket
+            })
+            .map(|(_, c)| c.packets)
+            .sum()
+    };
+    let sharing: Vec<_> = made.iter().filter(|m| m.0 == inode).collect();
+    assert!(sharing.len() >= 2);
+    assert_ne!(sharing[0].1, sharing[1].1, "cookies must differ");
+    for (inode, cookie, n) in &made {
+        assert_eq!(
+            counted(*inode, *cookie),
+            *n,
+            "netns {inode} cookie {cookie}: {made:?}"
+        );
+    }
+}

@@ -18,6 +18,7 @@
 //! - [`topology`]: the [`Topology`] service: background refresh on netlink link events and
 //!   periodic rediscovery, snapshots and change events.
 
+pub mod cookie;
 pub mod fragmem;
 pub mod links;
 pub mod mtu;
