@@ -1429,23 +1429,17 @@ mod tests {
     }
 
     /// Checks task_struct.pid and .comm against bpftool's raw dump of the running kernel's
-    /// BTF. Skipped (passes) when the kernel has no BTF; fails if bpftool is missing.
+    /// BTF. fathom needs BTF, so a kernel without it fails this test (as it fails fathom).
+    /// How long parsing takes is a benchmark figure, not an assertion here.
     #[test]
     fn vmlinux_matches_bpftool() {
-        if !Path::new(Btf::VMLINUX).exists() {
-            eprintln!("skipping: {} does not exist", Btf::VMLINUX);
-            return;
-        }
-        let start = std::time::Instant::now();
+        assert!(
+            Path::new(Btf::VMLINUX).exists(),
+            "{} does not exist: this kernel has no BTF, which fathom requires",
+            Btf::VMLINUX
+        );
         let btf = Btf::from_file(Btf::VMLINUX).unwrap();
-        let elapsed = start.elapsed();
-        eprintln!("parsed {} in {elapsed:?} ({btf:?})", Btf::VMLINUX);
-        if !cfg!(debug_assertions) {
-            assert!(
-                elapsed.as_millis() < 100,
-                "loading vmlinux took {elapsed:?}"
-            );
-        }
+        eprintln!("parsed {} ({btf:?})", Btf::VMLINUX);
         let dump = bpftool_raw::dump(Btf::VMLINUX);
         let ts = dump
             .composite("task_struct")

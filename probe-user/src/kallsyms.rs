@@ -384,36 +384,19 @@ ffffffffc0a00800 r __ksymtab_foo\t[ipv6]
         }
     }
 
-    /// Resolves the real `ip_defrag` back to itself. Needs root (non-zero addresses).
+    /// Resolves the real `ip_defrag` back to itself. Needs root (non-zero addresses): run as
+    /// another user it fails instead of passing without checking anything. How long loading
+    /// takes is a benchmark figure (startup in `cargo xtask bench`), not an assertion.
     #[test]
     fn real_kallsyms_resolves_ip_defrag() {
-        let k = match Kallsyms::load() {
-            Ok(k) => k,
-            Err(KallsymsError::Restricted { .. }) if !is_root() => {
-                eprintln!("skipped: kallsyms addresses hidden for non-root");
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
+        assert!(is_root(), "reading kallsyms addresses needs root");
+        let k = Kallsyms::load().unwrap();
         assert!(k.len() > 10_000, "{} symbols", k.len());
         let addr = k
             .address_of("ip_defrag")
             .expect("ip_defrag in /proc/kallsyms");
         assert_eq!(k.lookup(addr).unwrap().to_string(), "ip_defrag+0x0");
         assert_eq!(k.lookup(addr + 0x10).unwrap().to_string(), "ip_defrag+0x10");
-    }
-
-    /// The real table loads and names the functions the loader looks up (the fragment-queue
-    /// timers the expiry program filters on). No timing assertion: speed belongs to
-    /// `cargo xtask bench`, and a shared machine under load made this one flaky (1.1 s).
-    #[test]
-    fn real_kallsyms_loads_with_the_fragment_timers() {
-        if !is_root() {
-            return;
-        }
-        let k = Kallsyms::load().unwrap();
-        assert!(!k.is_empty());
-        assert!(k.address_of("ip_expire").is_some(), "ip_expire");
     }
 
     fn is_root() -> bool {

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod container;
 pub mod drop_reason;
 pub mod events;
+pub mod input;
 pub mod kallsyms;
 pub mod loader;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub mod oom;
 pub mod packet;
 pub mod pcap;
 pub mod pipeline;
+pub mod pressure;
 pub mod privileges;
 pub mod serve;
 

@@ -49,7 +49,8 @@ enum Command {
         /// Stop after this many events (after filters).
         #[arg(long)]
         count: Option<u64>,
-        /// Only these event families (repeat or comma-separate): oom, drop, frag, vxlan.
+        /// Only these event families (repeat or comma-separate): oom, drop, frag, vxlan,
+        /// pressure.
         #[arg(long, value_enum, value_delimiter = ',')]
         kind: Vec<capture::Kind>,
         /// Only drops with these reasons, as the kernel names them (e.g. NO_SOCKET,
@@ -68,8 +69,8 @@ enum Command {
         /// Only network events of this network namespace: its inode (as in the events'
         /// "netns") or a path to it (/run/netns/NAME, /proc/PID/ns/net). OOM kills have no
         /// namespace and are left out.
-        #[arg(long, value_parser = parse_netns)]
-        netns: Option<u32>,
+        #[arg(long)]
+        netns: Option<String>,
         /// Also write the dropped packets (those shown) to this pcapng file, for Wireshark or
         /// tcpdump; each packet's comment names reason, place and pod. `-` writes it to
         /// stdout and moves the events to stderr: `fathom capture --pcap - | wireshark -k -i -`.
@@ -85,6 +86,10 @@ enum Command {
         /// Burst allowance of that rate limit.
         #[arg(long, default_value_t = 200, hide = true)]
         drop_events_burst: u64,
+        /// memory_pressure events for memory cgroups stalling in reclaim at least this much
+        /// per second: `100ms/s`, `0.1` (seconds per second) or `10%`.
+        #[arg(long, value_parser = parse_stall_threshold, default_value = "100ms/s")]
+        stall_threshold: f64,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
@@ -118,23 +123,42 @@ enum Command {
         /// Burst allowance of that rate limit.
         #[arg(long, default_value_t = 200, hide = true)]
         drop_events_burst: u64,
+        /// TLS and basic auth: a Prometheus exporter web configuration file
+        /// (tls_server_config.cert_file / key_file, basic_auth_users with bcrypt hashes).
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<std::path::PathBuf>,
+        /// Most client connections at once (at most a quarter of the descriptor limit); at
+        /// the cap a new connection evicts the one quiet longest.
+        #[arg(long = "web.max-connections", default_value_t = 256)]
+        web_max_connections: usize,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
     },
 }
 
-/// `--netns`: an inode number, or a path whose inode it is (a bind mount in /run/netns or a
-/// process's /proc/PID/ns/net).
-fn parse_netns(arg: &str) -> Result<u32, String> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = match arg.parse::<u64>() {
-        Ok(n) => n,
-        Err(_) => std::fs::metadata(arg)
-            .map_err(|e| format!("{arg}: {e}"))?
-            .ino(),
+/// `--stall-threshold`: `<duration>/s` (`100ms/s`), a percentage (`10%`) or a fraction of a
+/// second per second (`0.1`). Must be > 0; it may exceed 1 s/s, since the stalls of a
+/// cgroup's tasks add up.
+fn parse_stall_threshold(arg: &str) -> Result<f64, String> {
+    let a = arg.trim();
+    let v = if let Some(d) = a.strip_suffix("/s") {
+        humantime::parse_duration(d)
+            .map_err(|e| format!("'{d}' is not a duration ({e}); e.g. 100ms/s"))?
+            .as_secs_f64()
+    } else if let Some(p) = a.strip_suffix('%') {
+        p.parse::<f64>()
+            .map_err(|_| format!("'{p}' is not a number; e.g. 10%"))?
+            / 100.0
+    } else {
+        a.parse::<f64>()
+            .map_err(|_| format!("'{a}' is not a threshold; e.g. 100ms/s, 10% or 0.1"))?
     };
-    u32::try_from(ino).map_err(|_| format!("{ino} is no network namespace inode"))
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("'{a}' must be more than 0 (e.g. 100ms/s)"))
+    }
 }
 
 /// Runtime sockets for attribution; an empty path disables that runtime.
@@ -152,9 +176,7 @@ fn attribution_config(
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FATHOM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -181,9 +203,38 @@ fn is_prerequisite(e: &anyhow::Error) -> bool {
     })
 }
 
+/// One line on stderr, exit code 2.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("fathom: {msg}");
+    ExitCode::from(EXIT_PREREQUISITE as u8)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_env = std::env::var("FATHOM_LOG").ok();
+    let filter = match fathom::input::log_filter(log_env.as_deref()) {
+        Ok(f) => f,
+        Err(msg) => return usage_error(&msg),
+    };
+    init_logging(cli.log_format, filter);
+    // Input that names things of the running system is checked before anything loads.
+    let mut cli = cli;
+    let mut netns_ino = None;
+    if let Command::Capture {
+        netns, reason, btf, ..
+    } = &mut cli.command
+    {
+        if let Some(arg) = netns {
+            match fathom::input::resolve_netns(arg) {
+                Ok(ino) => netns_ino = Some(ino),
+                Err(msg) => return usage_error(&msg),
+            }
+        }
+        match fathom::input::check_reasons(reason, btf) {
+            Ok(r) => *reason = r,
+            Err(msg) => return usage_error(&msg),
+        }
+    }
 
     if let Err(msg) = privileges::check() {
         eprintln!("fathom: {msg}");
@@ -216,9 +267,11 @@ fn main() -> ExitCode {
             summary,
             drop_events_per_sec,
             drop_events_burst,
+            stall_threshold,
             btf,
         } => rt.block_on(capture::run(capture::CaptureOptions {
-            netns,
+            stall_threshold,
+            netns: netns.and(netns_ino),
             pcap,
             output,
             duration,
@@ -248,9 +301,19 @@ fn main() -> ExitCode {
             bpf_stats,
             drop_events_per_sec,
             drop_events_burst,
+            web_config_file,
+            web_max_connections,
             btf,
-        } => rt
-            .block_on(serve::run(serve::ServeOptions {
+        } => {
+            let web = match web_config_file
+                .as_deref()
+                .map(serve::web_config::WebConfig::load)
+                .transpose()
+            {
+                Ok(w) => w,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            rt.block_on(serve::run(serve::ServeOptions {
                 listen,
                 node_name: node_name
                     .filter(|n| !n.is_empty())
@@ -266,8 +329,14 @@ fn main() -> ExitCode {
                     &cli.docker_socket,
                     &cli.crio_socket,
                 ),
+                web,
+                http_limits: serve::http::Limits {
+                    max_connections: web_max_connections,
+                    ..Default::default()
+                },
             }))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -132,15 +132,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Returns from the calling test (after printing a note) when not running as root.
-/// Real-kernel tests need root; CI runs them as root.
+/// Fails the calling test when not running as root. Real-kernel tests need root, and a
+/// privileged test that did not run must not count as passed: `cargo xtask test` runs as
+/// root (CI too), and `cargo test` as another user fails these tests with this message.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!("skipping {}: needs root", module_path!());
-            return;
-        }
+        assert!(
+            $crate::is_root(),
+            "{} needs root: run the suite as root (`cargo xtask test`)",
+            module_path!()
+        );
     };
 }
 

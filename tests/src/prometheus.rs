@@ -42,16 +42,72 @@ pub fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// What else the scrape config says: rule files, HTTPS with a CA, basic auth.
+#[derive(Clone, Debug, Default)]
+pub struct ScrapeOptions {
+    /// Alerting / recording rule files (evaluated every second).
+    pub rule_files: Vec<std::path::PathBuf>,
+    /// Scrape over HTTPS, trusting this CA certificate (PEM).
+    pub https_ca_file: Option<std::path::PathBuf>,
+    /// The TLS server name to verify (the certificate's SAN).
+    pub server_name: Option<String>,
+    /// Basic-auth user and password.
+    pub basic_auth: Option<(String, String)>,
+}
+
+impl ScrapeOptions {
+    fn yaml(&self) -> String {
+        let mut job = String::new();
+        if let Some(ca) = &self.https_ca_file {
+            job.push_str(&format!(
+                "    scheme: https\n    tls_config:\n      ca_file: '{}'\n",
+                ca.display()
+            ));
+            if let Some(n) = &self.server_name {
+                job.push_str(&format!("      server_name: '{n}'\n"));
+            }
+        }
+        if let Some((u, p)) = &self.basic_auth {
+            job.push_str(&format!(
+                "    basic_auth:\n      username: '{u}'\n      password: '{p}'\n"
+            ));
+        }
+        job
+    }
+
+    fn rules_yaml(&self) -> String {
+        if self.rule_files.is_empty() {
+            return String::new();
+        }
+        let files: Vec<String> = self
+            .rule_files
+            .iter()
+            .map(|f| format!("'{}'", f.display()))
+            .collect();
+        format!("rule_files: [{}]\n", files.join(", "))
+    }
+}
+
 impl PrometheusServer {
     /// Starts Prometheus scraping `targets` (job [`JOB`]) and waits until it is ready.
     pub fn start(targets: &[SocketAddr]) -> Self {
-        Self::try_start(targets).unwrap_or_else(|e| panic!("PrometheusServer::start: {e:#}"))
+        Self::start_with(targets, &ScrapeOptions::default())
+    }
+
+    /// As [`Self::start`], with rule files / TLS / basic auth.
+    pub fn start_with(targets: &[SocketAddr], opts: &ScrapeOptions) -> Self {
+        Self::try_start_with(targets, opts)
+            .unwrap_or_else(|e| panic!("PrometheusServer::start: {e:#}"))
     }
 
     pub fn try_start(targets: &[SocketAddr]) -> Result<Self> {
+        Self::try_start_with(targets, &ScrapeOptions::default())
+    }
+
+    pub fn try_start_with(targets: &[SocketAddr], opts: &ScrapeOptions) -> Result<Self> {
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::try_start_once(targets) {
+            match Self::try_start_once(targets, opts) {
                 Ok(p) => return Ok(p),
                 Err(e) => last_err = Some(e),
             }
@@ -59,12 +115,14 @@ impl PrometheusServer {
         Err(last_err.expect("tried at least once"))
     }
 
-    fn try_start_once(targets: &[SocketAddr]) -> Result<Self> {
+    fn try_start_once(targets: &[SocketAddr], opts: &ScrapeOptions) -> Result<Self> {
         let dir = TempDir::new(&format!("fathom-prometheus-{}-", std::process::id()))?;
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [{}]\n",
+             {}scrape_configs:\n  - job_name: {JOB}\n{}    static_configs:\n      - targets: [{}]\n",
+            opts.rules_yaml(),
+            opts.yaml(),
             targets.join(", ")
         );
         let config_path = dir.path().join("prometheus.yml");

@@ -16,7 +16,7 @@ use crate::fathom::FathomCapture;
 pub const SERVE_READY: Duration = Duration::from_secs(30);
 
 /// Marker in the ready line that precedes the bound address.
-const SERVING: &str = "serving http://";
+const SERVING: &str = "serving http";
 
 /// A running `fathom serve --listen 127.0.0.1:0 …`. The kernel picks the port (no race with
 /// other tests); it is read back from the ready line. Dropping it stops fathom (SIGTERM, then
@@ -77,9 +77,10 @@ impl FathomServe {
     }
 }
 
-/// The address in `… serving http://<addr>/metrics`.
+/// The address in `… serving http://<addr>/metrics` (or `https://`).
 pub fn parse_serving_addr(stderr: &str) -> Option<SocketAddr> {
     let rest = &stderr[stderr.find(SERVING)? + SERVING.len()..];
+    let rest = rest.strip_prefix("s").unwrap_or(rest).strip_prefix("://")?;
     rest[..rest.find('/')?].parse().ok()
 }
 

@@ -560,9 +560,9 @@ fn daemonset_image_sees_host_oom_kills_from_its_container() {
     let _ = spawn_in_cgroup(&victim, cmd).wait();
     assert_eq!(victim.oom_kill_count(), 1, "the kernel killed exactly once");
 
-    let ours = [("pod", uid.as_str())];
+    let ours = [("pod", uid.as_str()), ("scope", "container")];
     for f in &pods {
-        let samples = f.scrape_until(|s| !find(s, OOM_KILLS, &ours).is_empty());
+        let samples = f.scrape_until(|s| value_of(s, OOM_KILLS, &ours).is_some_and(|v| v >= 1.0));
         let series = find(&samples, OOM_KILLS, &ours);
         assert_eq!(series.len(), 1, "{:?}: {series:?}", f.variant);
         let labels: Vec<(&str, &str)> = series[0]

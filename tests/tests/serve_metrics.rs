@@ -64,8 +64,12 @@ fn oom_in_a_runc_container_is_one_series_with_its_pod_and_container() {
         .memory_limit(32 << 20)
         .cgroups_path(&kube_cgroups_path(&uid, &id));
     let ctr = RuncContainer::run_detached(bundle, &format!("fathom-serve-{}", &id[..12]));
-    let ours = [("pod", uid.as_str())];
-    let samples = scrape_until(&fathom, EVENT, |s| !find(s, OOM_KILLS, &ours).is_empty());
+    // The container's own limit: scope="container". (Its scope="pod" series is a zero series,
+    // there from the first scrape that found the container's cgroup.)
+    let ours = [("pod", uid.as_str()), ("scope", "container")];
+    let samples = scrape_until(&fathom, EVENT, |s| {
+        value_of(s, OOM_KILLS, &ours).is_some_and(|v| v >= 1.0)
+    });
     let series = find(&samples, OOM_KILLS, &ours);
     assert_eq!(series.len(), 1, "{series:?}");
     let labels: Vec<(&str, &str)> = series[0]
@@ -111,7 +115,10 @@ fn oom_in_a_plain_cgroup_is_named_by_its_path_with_empty_pod_labels() {
     let _ = child.wait();
     let path = format!("/{}", cg.rel_path());
     let ours = [("cgroup", path.as_str())];
-    let samples = scrape_until(&fathom, EVENT, |s| !find(s, OOM_KILLS, &ours).is_empty());
+    // A series born with its count is scraped at 0 once first (README: first increments).
+    let samples = scrape_until(&fathom, EVENT, |s| {
+        find(s, OOM_KILLS, &ours).iter().any(|x| x.value >= 1.0)
+    });
     assert_eq!(
         value_of(
             &samples,

@@ -32,7 +32,8 @@ fn prometheus_scrapes_the_oom_kill_of_a_pod() {
         .cgroups_path(&kube_cgroups_path(&uid, &id));
     let _ctr = RuncContainer::run_detached(bundle, &format!("fathom-prom-{}", &id[..12]));
 
-    let query = format!("fathom_oom_kills_total{{job=\"{JOB}\",pod=\"{uid}\"}}");
+    let query =
+        format!("fathom_oom_kills_total{{job=\"{JOB}\",pod=\"{uid}\",scope=\"container\"}} == 1");
     let result = prom
         .wait_for_series(&query, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e:#}\nfathom /metrics:\n{}", fathom.scrape()));

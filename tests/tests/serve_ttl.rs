@@ -33,7 +33,11 @@ fn oom_in(ctr: &RuncContainer) {
 
 /// The pod's series value at this scrape.
 fn kills(fathom: &FathomServe, uid: &str) -> Option<f64> {
-    value_of(&fathom.samples(), OOM_KILLS, &[("pod", uid)])
+    value_of(
+        &fathom.samples(),
+        OOM_KILLS,
+        &[("pod", uid), ("scope", "container")],
+    )
 }
 
 fn wait_value(fathom: &FathomServe, uid: &str, want: f64) {
@@ -68,9 +72,17 @@ fn a_gone_pods_series_expires_after_the_ttl_while_a_live_pod_keeps_counting() {
     while Instant::now() < deadline {
         let at = Instant::now();
         let samples = fathom.samples();
-        let a = value_of(&samples, OOM_KILLS, &[("pod", uid_a.as_str())]);
-        let b = value_of(&samples, OOM_KILLS, &[("pod", uid_b.as_str())])
-            .unwrap_or_else(|| panic!("the live pod's series vanished at {:?}", at - gone));
+        let a = value_of(
+            &samples,
+            OOM_KILLS,
+            &[("pod", uid_a.as_str()), ("scope", "container")],
+        );
+        let b = value_of(
+            &samples,
+            OOM_KILLS,
+            &[("pod", uid_b.as_str()), ("scope", "container")],
+        )
+        .unwrap_or_else(|| panic!("the live pod's series vanished at {:?}", at - gone));
         assert!(
             b >= b_last,
             "counter of the live pod went back: {b_last} → {b}"
@@ -108,4 +120,64 @@ fn a_gone_pods_series_expires_after_the_ttl_while_a_live_pod_keeps_counting() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(kills(&fathom, &uid_a), None);
     assert_eq!(kills(&fathom, &uid_b), Some(2.0));
+}
+
+/// `ip netns del` right after a burst of queue overflows: the next scrape shows the whole
+/// burst (fathom deletes a gone namespace's kernel keys only after a scrape read them), and
+/// the series is gone once the TTL has passed.
+#[test]
+fn a_namespace_deleted_right_after_its_drops_shows_them_then_expires() {
+    use fathom_tests::{netns::NetNs, traffic::udp_send};
+    require_root!();
+    let ttl = format!("{}s", TTL.as_secs());
+    let fathom = FathomServe::start(&["--series-ttl", &ttl]);
+    let ns = NetNs::new();
+    let inode = ns.inode().to_string();
+    let ours = [("netns", inode.as_str()), ("cause", "queue_overflow")];
+    const REASM: &str = "fathom_ip_reassembly_failures_total";
+    // Known first (its zero series), as a pod that lived a while.
+    assert!(
+        fathom_tests::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            value_of(&fathom.samples(), REASM, &ours) == Some(0.0)
+        }),
+        "no zero series for netns {inode}:\n{}",
+        fathom.scrape()
+    );
+    ns.lo_up();
+    ns.exec_ok(&["ip", "link", "set", "lo", "mtu", "1500"]);
+    ns.sysctl("net.ipv4.ipfrag_low_thresh", "0");
+    ns.sysctl("net.ipv4.ipfrag_high_thresh", "1024");
+    let before = ns.snmp().get("Ip.ReasmFails").copied().unwrap_or(0);
+    udp_send(
+        &ns,
+        "127.0.0.1:5000",
+        3000,
+        300,
+        Some(libc::IP_PMTUDISC_DONT),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let burst = (ns.snmp().get("Ip.ReasmFails").copied().unwrap_or(0) - before) as f64;
+    assert!(burst >= 300.0, "ReasmFails rose by {burst}");
+    drop(ns);
+    let gone = Instant::now();
+    assert_eq!(
+        value_of(&fathom.samples(), REASM, &ours),
+        Some(burst),
+        "the next scrape after `ip netns del` shows the burst"
+    );
+    // Still there once the topology has seen it go (rescans every 2 s), then expired.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(value_of(&fathom.samples(), REASM, &ours), Some(burst));
+    let expired = fathom_tests::wait_until(
+        TTL + Duration::from_secs(20),
+        Duration::from_millis(200),
+        || value_of(&fathom.samples(), REASM, &ours).is_none(),
+    );
+    assert!(
+        expired,
+        "netns {inode}'s series still there {:?} after it went (TTL {TTL:?}):\n{}",
+        gone.elapsed(),
+        fathom.scrape()
+    );
+    assert!(gone.elapsed() >= TTL, "expired before the TTL");
 }

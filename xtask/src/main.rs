@@ -91,7 +91,13 @@ fn main() -> ExitCode {
 /// Returns the process exit code.
 fn run(task: Task) -> Result<u8> {
     let root = workspace_root();
-    let setup_actions = setup::run()?;
+    // `run`, `build`, `lint` and `image` only need what building and running fathom needs;
+    // the tests, the bench and the qemu runs need their daemons and tools too.
+    let need = match task {
+        Task::Build { .. } | Task::Run { .. } | Task::Lint | Task::Image { .. } => setup::Need::Run,
+        _ => setup::Need::Everything,
+    };
+    let setup_actions = setup::run(need)?;
     match task {
         Task::Setup => {
             if setup_actions == 0 {

@@ -19,7 +19,15 @@ use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and the bench use.
+/// Debian packages building fathom needs.
+const BUILD_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    // containerd-client generates its gRPC code from .proto files at build time.
+    "protobuf-compiler",
+];
+
+/// Debian packages the tests and the bench use (on top of [`BUILD_PACKAGES`]).
 const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
@@ -29,13 +37,9 @@ const APT_PACKAGES: &[&str] = &[
     "containerd",
     "docker.io",
     "iproute2",
-    "gcc",
-    "libc6-dev",
     "kmod",
     // An independent reader of the pcapng files `fathom capture --pcap` writes.
     "tcpdump",
-    // containerd-client generates its gRPC code from .proto files at build time.
-    "protobuf-compiler",
     // tests/tests/deploy_image.rs reads deploy/kubernetes/fathom.yaml.
     "python3-yaml",
     // cargo xtask bench: healthy-traffic latency (sockperf) and throughput (iperf3) with
@@ -53,8 +57,27 @@ const MOUNTS: &[(&str, &str, &str)] = &[
     ("bpf", "bpf", "/sys/fs/bpf"),
 ];
 
-/// Runs every step; returns how many actions were taken (0 when all was in place).
-pub fn run() -> Result<usize> {
+/// What a command needs installed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Building and running fathom: the toolchain, bpf-linker, build packages, mounts.
+    Run,
+    /// Everything the tests, the bench and the qemu runs use as well.
+    Everything,
+}
+
+/// Runs every step `need` asks for; returns how many actions were taken (0 when all was in
+/// place) and prints how long setup took when it did anything.
+pub fn run(need: Need) -> Result<usize> {
+    let start = Instant::now();
+    let actions = steps(need)?;
+    if actions > 0 {
+        eprintln!("setup: done in {:.0} s", start.elapsed().as_secs_f64());
+    }
+    Ok(actions)
+}
+
+fn steps(need: Need) -> Result<usize> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("setup: must run as root (it installs packages and mounts tracefs/bpffs)");
@@ -63,7 +86,10 @@ pub fn run() -> Result<usize> {
     ensure_cargo_bin_on_path()?;
     let mut actions = 0;
     actions += usize::from(nightly()?);
-    actions += usize::from(apt_packages()?);
+    actions += usize::from(install_packages(BUILD_PACKAGES)?);
+    if need == Need::Everything {
+        actions += usize::from(apt_packages()?);
+    }
     actions += usize::from(bpf_linker()?);
     for &(fstype, source, target) in MOUNTS {
         actions += usize::from(mount(fstype, source, target)?);

@@ -181,6 +181,8 @@ struct Inner {
     meta: MetaCache,
     pods: Mutex<LruCache<String, PodNames>>,
     netns: RwLock<std::collections::HashMap<u32, NetnsOwner>>,
+    /// Container cgroup paths (memory hierarchy) of the last scan.
+    containers: RwLock<Vec<String>>,
     lookup_slots: Arc<Semaphore>,
     pending: AtomicUsize,
     scan_wanted: tokio::sync::Notify,
@@ -241,6 +243,7 @@ impl Attributor {
                 NonZeroUsize::new(cfg.max_pods.max(1)).expect("nonzero"),
             )),
             netns: RwLock::new(Default::default()),
+            containers: RwLock::new(Vec::new()),
             lookup_slots: Arc::new(Semaphore::new(cfg.max_concurrent_lookups.max(1))),
             pending: AtomicUsize::new(0),
             scan_wanted: tokio::sync::Notify::new(),
@@ -367,6 +370,16 @@ impl Attributor {
             w.container = None;
         }
         Some(w)
+    }
+
+    /// Cgroup paths (in the memory hierarchy, "/a/b") of the containers the last scan found
+    /// processes in.
+    pub fn container_cgroups(&self) -> Vec<String> {
+        self.inner
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runs a netns scan (and cgroup id pruning) now and returns when it is done. For callers
@@ -573,6 +586,7 @@ async fn scan_once(inner: &Arc<Inner>) {
                 "netns scan"
             );
             *inner.netns.write().unwrap_or_else(|p| p.into_inner()) = s.owners;
+            *inner.containers.write().unwrap_or_else(|p| p.into_inner()) = s.container_paths;
         }
         Ok(None) => {}
         Err(e) => warn!(error = %e, "netns scan task failed"),

@@ -36,6 +36,9 @@ pub(crate) struct NetnsScan {
     /// Namespaces seen with containers of different pods / unrelated containers.
     pub ambiguous: usize,
     pub containers: usize,
+    /// The cgroup path of every container seen (memory hierarchy), at most `cap`: what the
+    /// pressure collector reads memory files of.
+    pub container_paths: Vec<String>,
 }
 
 /// Finds the container of every process in `/proc` at `proc_root` (its cgroup path in the
@@ -97,6 +100,7 @@ pub(crate) fn scan(root: &Path, proc_root: &Path, cap: usize) -> NetnsScan {
 
     let mut out = NetnsScan {
         containers: containers.len(),
+        container_paths: containers.into_iter().take(cap).collect(),
         ..Default::default()
     };
     for (ns, paths) in by_ns {

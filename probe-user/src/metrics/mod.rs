@@ -31,6 +31,8 @@ pub mod netns_labels;
 pub mod network;
 pub mod network_gauges;
 pub mod oom;
+pub mod oom_zeros;
+pub mod pressure;
 pub mod self_metrics;
 pub mod store;
 
@@ -128,6 +130,20 @@ impl Metrics {
         }
     }
 
+    /// Exports `fathom_oom_kills_total` at 0 for every container in the cgroup hierarchies
+    /// ([`oom_zeros`]), named as the attribution names them.
+    pub fn add_oom_zeros(
+        &self,
+        attributor: Option<crate::attribution::Attributor>,
+        opts: &MetricsOptions,
+    ) {
+        self.oom.set_zero_source(oom_zeros::CgroupScan::new(
+            &crate::cgroup::Hierarchies::detect(),
+            attributor,
+            opts.workload_labels,
+        ));
+    }
+
     /// Adds the network families ([`network`], [`network_gauges`]).
     pub fn add_network(&mut self, kernel: Kernel, sources: NetworkSources, opts: &MetricsOptions) {
         self.registry
@@ -146,6 +162,26 @@ impl Metrics {
         ));
         self.registry.register_collector(Box::new(gauges.clone()));
         self.network_gauges = Some(gauges);
+    }
+
+    /// Adds the memory pressure families ([`pressure`]): reclaim stalls from the kernel,
+    /// limit pressure from the cgroup files of the containers `attributor` finds.
+    pub fn add_pressure(
+        &mut self,
+        kernel: Kernel,
+        attributor: crate::attribution::Attributor,
+        labels: Arc<dyn labels::LabelSource>,
+        opts: &MetricsOptions,
+    ) {
+        self.registry
+            .register_collector(Box::new(pressure::MemoryPressure::new(
+                kernel,
+                attributor,
+                labels,
+                crate::cgroup::Hierarchies::detect(),
+                opts.series_ttl,
+                opts.workload_labels,
+            )));
     }
 
     /// Fetches what collectors cannot read synchronously (fragment-queue memory, read inside
@@ -168,7 +204,7 @@ impl Metrics {
             Event::OomKill(k) => self.oom.record(k),
             // Network families read the in-kernel counters at scrape time: the samples and
             // mismatch events carry nothing the counters do not.
-            Event::PacketDrop(_) | Event::MtuMismatch(_) => {}
+            Event::PacketDrop(_) | Event::MtuMismatch(_) | Event::MemoryPressure(_) => {}
         }
     }
 

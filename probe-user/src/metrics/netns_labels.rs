@@ -119,6 +119,15 @@ impl<'a> NetnsLabeler<'a> {
         (self.lookup(netns).0.clone(), Anchor::Netns(netns))
     }
 
+    /// Whether no workload owns the namespace (as far as the attribution knows now): its
+    /// labels will not get better by waiting for a runtime's answer.
+    pub fn unowned(&mut self, netns: u32) -> bool {
+        !self.workload_labels
+            || netns == 0
+            || Some(netns) == self.host
+            || self.owners.owner(netns).is_none()
+    }
+
     /// Whether the namespace's labels are final: the host's, or owned by a container or a
     /// named pod (a pod known by its UID only may get its name from the runtime later).
     /// Unowned namespaces never resolve: callers wait a bounded time, then use what there is.
@@ -175,6 +184,16 @@ impl ListedNetns {
             listed: topology.map(|t| t.netns.iter().map(|n| n.inode).collect()),
             scanned: topology.is_some_and(|t| t.generation > 0),
         }
+    }
+
+    /// The namespaces the topology lists (none before its first scan or without one).
+    pub fn listed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.listed.iter().flatten().copied()
+    }
+
+    /// Whether the topology has published its first scan.
+    pub fn scanned(&self) -> bool {
+        self.scanned
     }
 
     /// Whether the topology knows the namespace (so it can name its devices). Without a

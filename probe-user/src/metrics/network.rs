@@ -18,10 +18,20 @@
 //! labels change or several keys share one series. VXLAN series keep `netns` even without
 //! workload labels: device names repeat across namespaces, and VXLAN devices are few.
 //!
+//! Zero series: `fathom_ip_reassembly_failures_total` exists at 0 for `queue_overflow` and
+//! `timeout` in every namespace the topology lists (2 series per namespace), so the first
+//! failure of a namespace moves a series Prometheus has already seen (see [`super::store`]).
+//!
+//! Nothing counted is lost when a namespace goes: fathom serve does not let the pipeline delete
+//! a removed namespace's kernel keys. A scrape reads them, and only then deletes the keys of
+//! namespaces the topology listed before and lists no more ([`net_counters::forget_netns`]);
+//! the series keep their last value until they expire after the TTL.
+//!
 //! A namespace's labels come from services that learn about it a little after its first
 //! packet (the topology rescans every 2 s, the attribution asks the runtime for pod names).
-//! Counts of a namespace seen for the first time are therefore held back until its labels are
-//! final or [`NAMING_GRACE`] has passed, whichever is first: its series then start with
+//! Counts of a namespace seen for the first time are therefore held back until the topology
+//! lists it with final labels (or with no owner at all) or [`NAMING_GRACE`] has passed,
+//! whichever is first: its series then start with
 //! everything counted so far under the right names, instead of an `if<index>` / UID series
 //! that stops growing beside the named one. Labels that change later anyway (a renamed
 //! device) start a new series with the growth after the change; the old one expires after the
@@ -244,7 +254,14 @@ struct State {
     /// The newest netns cookie seen per inode (see [`State::track_cookies`]).
     cookies: HashMap<u32, u64>,
     ttl: Duration,
+    /// Zero series of `fathom_ip_reassembly_failures_total` for this scrape.
+    reasm_zeros: Vec<ReasmSeries>,
+    /// Namespaces the topology has listed: one it lists no more is gone.
+    ever_listed: HashSet<u32>,
 }
+
+/// Causes whose series exist at 0 in every known namespace (what the shipped alerts watch).
+pub const ZERO_CAUSES: [&str; 2] = ["queue_overflow", "timeout"];
 
 impl State {
     fn new(ttl: Duration) -> Self {
@@ -252,6 +269,8 @@ impl State {
             first_seen: HashMap::new(),
             cookies: HashMap::new(),
             ttl,
+            reasm_zeros: Vec::new(),
+            ever_listed: HashSet::new(),
             drops: CumulativeCounters::new(ttl),
             reasm: CumulativeCounters::new(ttl),
             vxlan_packets: CumulativeCounters::new(ttl),
@@ -330,6 +349,7 @@ impl State {
             .chain(ifs.keys().map(|k| k.netns))
             .collect();
         self.first_seen.retain(|ns, _| present.contains(ns));
+        let ever_listed = &self.ever_listed;
         present
             .into_iter()
             .filter(|&ns| {
@@ -337,7 +357,9 @@ impl State {
                 *ready = *ready
                     || ns == 0
                     || now.saturating_duration_since(*first) >= NAMING_GRACE
-                    || (listed.lists(ns) && labeler.resolved(ns));
+                    || (listed.lists(ns) && (labeler.resolved(ns) || labeler.unowned(ns)))
+                    // Gone after being listed: its labels will not get better.
+                    || (ever_listed.contains(&ns) && !listed.lists(ns));
                 *ready
             })
             .collect()
@@ -358,14 +380,54 @@ impl State {
             + self.vxlan_drops.expire(now, alive)
     }
 
-    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    /// Namespaces that are gone (listed before, not any more) and still have kernel keys;
+    /// they are forgotten here, the caller deletes their keys after this scrape's reading.
+    fn gone_with_keys(
+        &mut self,
+        drops: &HashMap<DropKey, Counter>,
+        ifs: &HashMap<IfKey, IfCounters>,
+        listed: &ListedNetns,
+        now: Instant,
+    ) -> Vec<u32> {
+        if !listed.scanned() {
+            return Vec::new();
+        }
+        self.ever_listed.extend(listed.listed());
+        let in_maps: HashSet<u32> = drops
+            .keys()
+            .map(|k| k.netns)
+            .chain(ifs.keys().map(|k| k.netns))
+            .collect();
+        let mut gone: Vec<u32> = self
+            .ever_listed
+            .iter()
+            .copied()
+            .filter(|ns| !listed.lists(*ns))
+            .collect();
+        // A namespace that lived less than one topology rescan was never listed: once its
+        // counts are exported and it stays unlisted for twice the naming grace, it is gone.
+        gone.extend(self.first_seen.iter().filter_map(|(ns, (first, ready))| {
+            (*ready
+                && *ns != 0
+                && !listed.lists(*ns)
+                && !self.ever_listed.contains(ns)
+                && now.saturating_duration_since(*first) >= 2 * NAMING_GRACE)
+                .then_some(*ns)
+        }));
+        for ns in &gone {
+            self.ever_listed.remove(ns);
+        }
+        gone.into_iter().filter(|ns| in_maps.contains(ns)).collect()
+    }
+
+    fn encode(&mut self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut f = encoder.encode_descriptor(
             "fathom_packet_drops",
             "Packets the kernel dropped (skb:kfree_skb), by network namespace and drop reason (names from the running kernel's enum skb_drop_reason)",
             None,
             MetricType::Counter,
         )?;
-        for ((ns, reason), v) in self.drops.store().snapshot() {
+        for ((ns, reason), v) in self.drops.store_mut().scrape([]) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
         }
@@ -375,7 +437,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((ns, cause), v) in self.reasm.store().snapshot() {
+        for ((ns, cause), v) in self.reasm.store_mut().scrape(self.reasm_zeros.clone()) {
             let [a, b, c] = ns.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("cause", cause)])?)?;
         }
@@ -385,7 +447,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((vx, dir), v) in self.vxlan_packets.store().snapshot() {
+        for ((vx, dir), v) in self.vxlan_packets.store_mut().scrape([]) {
             let [a, b, c] = vx.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("direction", dir)])?)?;
         }
@@ -395,7 +457,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for (vx, v) in self.vxlan_oversize.store().snapshot() {
+        for (vx, v) in self.vxlan_oversize.store_mut().scrape([]) {
             ConstCounter::new(v).encode(f.encode_family(&vx.pairs())?)?;
         }
         let mut f = encoder.encode_descriptor(
@@ -404,7 +466,7 @@ impl State {
             None,
             MetricType::Counter,
         )?;
-        for ((vx, reason), v) in self.vxlan_drops.store().snapshot() {
+        for ((vx, reason), v) in self.vxlan_drops.store_mut().scrape([]) {
             let [a, b, c] = vx.pairs();
             ConstCounter::new(v).encode(f.encode_family(&[a, b, c, ("reason", &reason)])?)?;
         }
@@ -434,7 +496,8 @@ impl NetworkSeries {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Folds one snapshot of the maps into the counters.
+    /// Folds one snapshot of the maps into the counters; returns the gone namespaces whose
+    /// kernel keys are to be deleted now that their counts are read.
     fn update(
         &self,
         drops: &HashMap<DropKey, Counter>,
@@ -442,7 +505,7 @@ impl NetworkSeries {
         topology: Option<&TopologySnapshot>,
         expiry: bool,
         now: Instant,
-    ) {
+    ) -> Vec<u32> {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
@@ -461,6 +524,19 @@ impl NetworkSeries {
         if expired > 0 {
             debug!(expired, "network series of gone namespaces expired");
         }
+        let mut zeros = Vec::new();
+        let mut seen = HashSet::new();
+        for ns in listed.listed() {
+            let (labels, _) = labeler.labels(ns);
+            for cause in ZERO_CAUSES {
+                let z = (labels.clone(), cause);
+                if seen.insert(z.clone()) {
+                    zeros.push(z);
+                }
+            }
+        }
+        state.reasm_zeros = zeros;
+        state.gone_with_keys(drops, ifs, &listed, now)
     }
 }
 
@@ -519,8 +595,22 @@ impl Collector for NetworkCounters {
         match maps {
             Ok((drops, ifs)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
-                self.series
-                    .update(&drops, &ifs, topology.as_deref(), expiry, Instant::now());
+                let gone =
+                    self.series
+                        .update(&drops, &ifs, topology.as_deref(), expiry, Instant::now());
+                // Read, then deleted: a gone namespace's last counts are in the series now,
+                // and a new namespace reusing the inode starts from zero in the kernel.
+                for ns in gone {
+                    match self
+                        .kernel
+                        .with_ebpf_mut(|ebpf| net_counters::forget_netns(ebpf, ns))
+                    {
+                        Ok(n) => debug!(netns = ns, keys = n, "gone namespace's keys deleted"),
+                        Err(e) => {
+                            warn!(netns = ns, error = %e, "cannot delete a gone namespace's keys")
+                        }
+                    }
+                }
             }
             // The last values stay exported: better than counters that vanish for a scrape.
             Err(e) => warn!(error = %e, "cannot read the network counters"),
@@ -642,13 +732,54 @@ mod tests {
             self.0.update(drops, ifs, t, false, now);
         }
 
+        /// What a scraper sees from its second scrape on (a new series is scraped at 0 once
+        /// first: see `store`).
         fn text(&self) -> String {
             let mut registry = prometheus_client::registry::Registry::default();
             registry.register_collector(Box::new(Series(self.0.clone())));
             let mut out = String::new();
             prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+            out.clear();
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
             out
         }
+    }
+
+    #[test]
+    fn listed_namespaces_have_zero_reassembly_series_and_gone_ones_are_read_before_forgotten() {
+        let mut owners = FixedOwners::default();
+        owners
+            .pods
+            .insert(POD_NS, pod("uid", Some("web-0"), Some("shop")));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let topo = topo();
+        c.update(&HashMap::new(), &HashMap::new(), Some(&topo), t0);
+        let text = c.text();
+        for cause in ZERO_CAUSES {
+            let line = format!(
+                "fathom_ip_reassembly_failures_total{{namespace=\"shop\",pod=\"web-0\",netns=\"{POD_NS}\",cause=\"{cause}\"}} 0\n"
+            );
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        // The namespace goes with 9 overflow drops in the map: they are read, then deleted.
+        let drops = HashMap::from([(key(POD_NS, 3, 2, 0xffff_ffff_8100_0100), packets(9))]);
+        let mut gone = topology(HOST, &[]);
+        gone.generation = topo.generation + 1;
+        let forget = c.0.update(&drops, &HashMap::new(), Some(&gone), false, t0);
+        assert_eq!(forget, vec![POD_NS]);
+        let text = c.text();
+        assert!(
+            text.contains(&format!(
+                "fathom_ip_reassembly_failures_total{{namespace=\"shop\",pod=\"web-0\",netns=\"{POD_NS}\",cause=\"queue_overflow\"}} 9\n"
+            )),
+            "{text}"
+        );
+        // No zero series for a namespace no longer listed.
+        assert!(
+            !text.contains(&format!("netns=\"{POD_NS}\",cause=\"timeout\"")),
+            "{text}"
+        );
     }
 
     fn counters(owners: FixedOwners, workload_labels: bool) -> (Series, Arc<FixedOwners>) {
@@ -697,8 +828,10 @@ mod tests {
         has(
             r#"fathom_ip_reassembly_failures_total{namespace="shop",pod="web-0",netns="4026532100",cause="timeout"} 1"#,
         );
+        // The pod's two series; the host's are its zero series.
         assert_eq!(
-            text.matches("fathom_ip_reassembly_failures_total{").count(),
+            text.matches("fathom_ip_reassembly_failures_total{namespace=\"shop\"")
+                .count(),
             2
         );
     }
@@ -758,13 +891,15 @@ mod tests {
             r#"fathom_vxlan_drops_total{netns="4026531840",device="vx0",vni="42",reason="VXLAN_INVALID_HDR"} 2"#,
         );
         assert!(
-            !text.contains("fathom_ip_reassembly_failures_total{"),
-            "{text}"
+            text.lines()
+                .filter(|l| l.starts_with("fathom_ip_reassembly_failures_total{"))
+                .all(|l| l.ends_with(" 0")),
+            "only zero series: {text}"
         );
     }
 
     #[test]
-    fn a_new_namespace_is_exported_once_named_with_everything_counted_so_far() {
+    fn a_new_namespace_is_exported_once_listed_with_everything_counted_so_far() {
         const NEW: u32 = 4026532200;
         let mut owners = FixedOwners::default();
         owners
@@ -800,13 +935,13 @@ mod tests {
                 vxlan: None,
             }],
         );
+        // Listed, devices named, no owner: its labels will not get better by waiting, so
+        // everything is exported at once.
         c.update(&rx(5), &ifs, Some(&t), t0 + NAMING_GRACE / 2);
-        assert!(!c.text().contains(r#"netns="4026532200""#));
-        c.update(&rx(6), &ifs, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         assert!(
             text.contains(
-                "fathom_packet_drops_total{namespace=\"\",pod=\"\",netns=\"4026532200\",reason=\"NO_SOCKET\"} 6\n"
+                "fathom_packet_drops_total{namespace=\"\",pod=\"\",netns=\"4026532200\",reason=\"NO_SOCKET\"} 5\n"
             ),
             "everything counted so far: {text}"
         );

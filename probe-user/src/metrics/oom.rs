@@ -28,6 +28,8 @@ type Key = (WorkloadLabels, &'static str);
 /// Counts OOM kills per victim workload.
 pub struct OomKills {
     store: Mutex<CounterStore<Key>>,
+    /// Zero series of the containers found in the cgroup hierarchies ([`super::oom_zeros`]).
+    zeros: Mutex<Option<Arc<super::oom_zeros::CgroupScan>>>,
     labels: Arc<dyn LabelSource>,
     workload_labels: bool,
 }
@@ -48,9 +50,15 @@ impl OomKills {
     ) -> Self {
         Self {
             store: Mutex::new(CounterStore::new(ttl)),
+            zeros: Mutex::new(None),
             labels,
             workload_labels,
         }
+    }
+
+    /// Exports a zero series for every container `scan` finds.
+    pub fn set_zero_source(&self, scan: super::oom_zeros::CgroupScan) {
+        *self.zeros.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(scan));
     }
 
     pub fn record(&self, kill: &OomKill) {
@@ -73,12 +81,14 @@ impl OomKills {
 
     /// Expires gone workloads' series, then returns what is left.
     fn collect_at(&self, now: Instant) -> Vec<(Key, u64)> {
+        let scan = self.zeros.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let zeros = scan.map(|s| s.keys(now)).unwrap_or_default();
         let mut store = self.lock();
         let expired = store.expire(now, &|a: &_| self.labels.is_alive(a));
         if expired > 0 {
             debug!(expired, "OOM kill series of gone workloads expired");
         }
-        store.snapshot()
+        store.scrape(zeros)
     }
 }
 
@@ -132,6 +142,9 @@ mod tests {
         let t0 = Instant::now();
         oom.record_at(&kill(), t0);
         oom.record_at(&kill(), t0);
+        // Never exported before: the first scrape shows it at 0, the next one its count.
+        let first = oom.collect_at(t0);
+        assert_eq!(first[0].1, 0);
         let s = oom.collect_at(t0);
         assert_eq!(s.len(), 1);
         let ((labels, scope), n) = &s[0];
@@ -145,6 +158,7 @@ mod tests {
     fn without_workload_labels_only_the_scope_remains() {
         let oom = OomKills::new(Duration::from_secs(5), all_gone(), false);
         oom.record(&kill());
+        oom.collect_at(Instant::now());
         let s = oom.collect_at(Instant::now() + Duration::from_secs(3600));
         assert_eq!(s, vec![((WorkloadLabels::default(), "cgroup"), 1)]);
     }
@@ -156,6 +170,12 @@ mod tests {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(oom));
         let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("cgroup=\"/a/b\",scope=\"cgroup\"} 0\n"),
+            "{text}"
+        );
+        text.clear();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         assert!(
             text.contains("# TYPE fathom_oom_kills_total counter\n"),

@@ -10,6 +10,17 @@
 //!   labels), when several keys share one label set, or when the kernel deletes and recreates
 //!   a key (its count restarts from 0: the new value is all growth).
 //!
+//! First increments visible to `increase()`: Prometheus (2.42 ignores OpenMetrics `_created`)
+//! computes nothing for a series whose first sample is already its first count. So every
+//! series is *scraped at 0 before it shows a count* ([`CounterStore::scrape`]): families pass
+//! the label sets of the workloads they know (pods, containers, namespaces) as **zero
+//! series**, exported at 0 while the workload exists and has no count; a series that gets a
+//! count without having been exported at 0 (a pod created and OOM-killed between two
+//! scrapes) is exported at 0 by its first scrape and with its value from the next one on. The
+//! value then lags by one scrape once, and `increase()` over a window holding both scrapes
+//! equals the kernel's count. (With several scrapers, e.g. an HA pair, only the first scrape
+//! shows the 0.)
+//!
 //! Expiry: a series whose [`Anchor`] (pod / container cgroup, network namespace, …) is gone
 //! and that has not changed for `ttl` is removed at the next [`CounterStore::expire`]. While
 //! the anchor exists a series never expires, however old its last change. Series fed from a
@@ -41,6 +52,8 @@ struct Series {
     value: u64,
     last_change: Instant,
     anchor: Anchor,
+    /// A scrape has shown this series (at 0 or with its value).
+    exported: bool,
 }
 
 /// Monotonic counters keyed by a label set `L`.
@@ -48,6 +61,8 @@ struct Series {
 pub struct CounterStore<L> {
     ttl: Duration,
     series: HashMap<L, Series>,
+    /// The zero series the previous [`Self::scrape`] exported.
+    zeros_shown: HashSet<L>,
 }
 
 impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
@@ -55,7 +70,35 @@ impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
         Self {
             ttl,
             series: HashMap::new(),
+            zeros_shown: HashSet::new(),
         }
+    }
+
+    /// What one scrape exports, sorted by labels: every series (one that was never exported,
+    /// neither itself nor as a zero series, at 0 this once) and every label set of `zeros`
+    /// that has no series yet, at 0. See the module docs.
+    pub fn scrape(&mut self, zeros: impl IntoIterator<Item = L>) -> Vec<(L, u64)> {
+        let zeros: HashSet<L> = zeros.into_iter().collect();
+        let mut v: Vec<(L, u64)> = Vec::with_capacity(self.series.len() + zeros.len());
+        for (l, s) in self.series.iter_mut() {
+            let shown = if s.exported || self.zeros_shown.contains(l) {
+                s.value
+            } else {
+                0
+            };
+            s.exported = true;
+            v.push((l.clone(), shown));
+        }
+        let mut shown_now = HashSet::with_capacity(zeros.len());
+        for l in zeros {
+            if !self.series.contains_key(&l) {
+                v.push((l.clone(), 0));
+                shown_now.insert(l);
+            }
+        }
+        self.zeros_shown = shown_now;
+        v.sort();
+        v
     }
 
     /// Adds `delta` to the series `labels` (created at 0 when new). A zero `delta` creates the
@@ -66,6 +109,7 @@ impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
             value: 0,
             last_change: now,
             anchor: anchor.clone(),
+            exported: false,
         });
         if delta > 0 {
             s.value = s.value.saturating_add(delta);
@@ -204,6 +248,25 @@ mod tests {
         s.add("a", 2, Anchor::Host, t0);
         s.add("b", 3, Anchor::Host, t0);
         assert_eq!(s.snapshot(), vec![("a", 2), ("b", 4)]);
+    }
+
+    #[test]
+    fn a_series_is_scraped_at_zero_before_its_first_count() {
+        let t0 = Instant::now();
+        let mut s = CounterStore::new(TTL);
+        // Known workload: exported at 0, and its first count shows at once.
+        assert_eq!(s.scrape(["known"]), vec![("known", 0)]);
+        s.add("known", 1, Anchor::Host, t0);
+        // A series born with a count, never shown at 0: 0 this scrape, 2 from the next.
+        s.add("new", 2, Anchor::Host, t0);
+        assert_eq!(s.scrape(["known"]), vec![("known", 1), ("new", 0)]);
+        assert_eq!(s.scrape(["known"]), vec![("known", 1), ("new", 2)]);
+        // A zero series whose workload is no longer known is no longer exported.
+        assert_eq!(
+            s.scrape(["other"]),
+            vec![("known", 1), ("new", 2), ("other", 0)]
+        );
+        assert_eq!(s.scrape([]), vec![("known", 1), ("new", 2)]);
     }
 
     #[test]

@@ -36,6 +36,9 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+pub mod http;
+pub mod web_config;
+
 use crate::{
     READY_MARKER,
     loader::LoadOptions,
@@ -73,19 +76,25 @@ pub struct ServeOptions {
     /// Drop-sample rate limit (per CPU) and burst.
     pub drop_events_per_sec: u64,
     pub drop_events_burst: u64,
+    /// TLS and basic auth (`--web.config.file`), checked at start.
+    pub web: Option<web_config::WebConfig>,
+    /// Connection cap and timeouts; the cap is lowered to a quarter of `RLIMIT_NOFILE`.
+    pub http_limits: http::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}{hint}")]
+    /// The OS error is part of the message, not a `source`: the error chain says it once.
+    #[error("cannot listen on {addr}: {error}{hint}")]
     Listen {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
         hint: &'static str,
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    WebConfig(#[from] web_config::WebConfigError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("the event loop ended unexpectedly")]
@@ -98,7 +107,7 @@ impl ServeError {
     /// Errors the user fixes by changing how fathom is started (exit code 2).
     pub fn is_prerequisite(&self) -> bool {
         match self {
-            ServeError::Listen { .. } => true,
+            ServeError::Listen { .. } | ServeError::WebConfig(_) => true,
             ServeError::Pipeline(p) => p.is_prerequisite(),
             _ => false,
         }
@@ -215,9 +224,19 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             } else {
                 ""
             },
-            source,
+            error: source,
         })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
+    // Descriptors for fathom's own work first: clients get at most a quarter of them.
+    let nofile = http::raise_nofile_limit();
+    let mut limits = opts.http_limits;
+    limits.max_connections = http::effective_cap(limits.max_connections, nofile);
+    info!(
+        nofile,
+        max_connections = limits.max_connections,
+        "descriptor limit and HTTP connection cap"
+    );
+    let http_stats = Arc::new(http::HttpStats::default());
 
     let mut pipeline = Pipeline::start_with(&crate::pipeline::PipelineConfig {
         load: LoadOptions {
@@ -226,9 +245,9 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             drop_events_burst: opts.drop_events_burst,
         },
         attribution: opts.attribution.clone(),
-        // A long-running exporter must not let the counter maps fill with the keys of
-        // namespaces that are gone (nor a new namespace inherit a reused inode's counts).
-        forget_removed_netns: true,
+        // The network collector deletes a gone namespace's keys itself, after a scrape has
+        // read them (metrics::network): its last counts are exported, not lost.
+        forget_removed_netns: false,
         ..crate::pipeline::PipelineConfig::default()
     })?;
     let kernel: Kernel = pipeline.kernel().clone();
@@ -268,6 +287,13 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             topology: pipeline.topology(),
             owners: Arc::new(pipeline.attributor().clone()),
         },
+        &metrics_opts,
+    );
+    metrics.add_oom_zeros(Some(pipeline.attributor().clone()), &metrics_opts);
+    metrics.add_pressure(
+        kernel.clone(),
+        pipeline.attributor().clone(),
+        Arc::new(CgroupPathLabels::detect()),
         &metrics_opts,
     );
     let metrics = Arc::new(metrics);
@@ -310,17 +336,21 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             result.map(|_| ()).map_err(ServeError::from)
         }));
 
-    let mut http_stop = stop_rx.clone();
     let app = router(metrics, readiness.clone());
-    let mut server: Option<JoinHandle<std::io::Result<()>>> = Some(tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .into_future(),
-    ));
+    let scheme = match &opts.web {
+        Some(w) if w.tls.is_some() => "https",
+        _ => "http",
+    };
+    let mut server: Option<JoinHandle<std::io::Result<()>>> = Some(tokio::spawn(http::serve(
+        listener,
+        app,
+        opts.web.clone(),
+        limits,
+        http_stats,
+        stop_rx.clone(),
+    )));
 
-    eprintln!("{READY_MARKER}: attached {attached}; serving http://{local}/metrics");
+    eprintln!("{READY_MARKER}: attached {attached}; serving {scheme}://{local}/metrics");
     info!(%local, node = %opts.node_name, "serving metrics");
 
     let outcome = tokio::select! {
