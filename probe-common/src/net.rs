@@ -45,6 +45,22 @@ pub struct NetOffsets {
     /// `net_device_ops.ndo_start_xmit`, ABSENT if unknown.
     pub ops_ndo_start_xmit: u32,
     pub _pad: u32,
+    /// `net.net_cookie` (u64, Linux >= 5.14), ABSENT before: keys then carry cookie 0.
+    pub net_cookie: u32,
+    // Fragment-queue expiry (`timer:timer_expire_entry` filtered by the timer function):
+    /// `timer_list.function`.
+    pub timer_function: u32,
+    /// `inet_frag_queue.timer`: the queue is `timer - fq_timer`.
+    pub fq_timer: u32,
+    /// `inet_frag_queue.flags` (u8: INET_FRAG_COMPLETE = 4).
+    pub fq_flags: u32,
+    /// `inet_frag_queue.fqdir` (5.3+; ABSENT: no expiry program).
+    pub fq_fqdir: u32,
+    /// `fqdir.net`.
+    pub fqdir_net: u32,
+    /// `fqdir.dead` (bool), ABSENT when the kernel has none.
+    pub fqdir_dead: u32,
+    pub _pad2: u32,
 }
 
 impl NetOffsets {
@@ -72,6 +88,14 @@ impl NetOffsets {
             dev_netdev_ops: 0,
             ops_ndo_start_xmit: 0,
             _pad: 0,
+            net_cookie: 0,
+            timer_function: 0,
+            fq_timer: 0,
+            fq_flags: 0,
+            fq_fqdir: 0,
+            fqdir_net: 0,
+            fqdir_dead: 0,
+            _pad2: 0,
         }
     }
 }
@@ -89,10 +113,11 @@ pub struct NetConfig {
     /// reused by the queue), so their namespace is taken from the fragment-path context of
     /// the same CPU (see `NetContext`).
     pub frag_reasons: [u32; 4],
-    /// Address of the kernel's `vxlan_xmit` (/proc/kallsyms), 0 when unknown. A device whose
-    /// `netdev_ops->ndo_start_xmit` is another function is no VXLAN device: packets that are
-    /// no fragments leave the per-packet programs before any namespace lookup.
-    pub vxlan_xmit_addr: u64,
+    /// Addresses of the fragment-queue timer functions (/proc/kallsyms), 0 when unknown:
+    /// `ip_expire` (IPv4) and `ip6_frag_expire` (IPv6). `timer:timer_expire_entry` runs
+    /// for every timer; only these two are looked at further.
+    pub ip_expire_addr: u64,
+    pub ip6_frag_expire_addr: u64,
 }
 
 impl NetConfig {
@@ -101,7 +126,8 @@ impl NetConfig {
             drop_events_per_sec: 0,
             drop_events_burst: 0,
             frag_reasons: [u32::MAX; 4],
-            vxlan_xmit_addr: 0,
+            ip_expire_addr: 0,
+            ip6_frag_expire_addr: 0,
         }
     }
 }
@@ -118,11 +144,34 @@ pub struct DropKey {
     pub reason: u32,
     /// `skb->protocol` in host byte order (ETH_P_IP = 0x0800, …).
     pub l3_proto: u16,
-    /// IP protocol (17 = UDP, …) when the network header could be read, else 0.
+    /// Always 0 since the IP header is read only for samples (the drop event's `packet`
+    /// has the protocol); kept so the key layout stays compatible.
     pub l4_proto: u8,
     pub _pad: u8,
     /// Kernel address that freed the skb (tracepoint `location`); symbolised by userspace.
     pub location: u64,
+    /// `net->net_cookie` of the namespace (0 when unknown or before Linux 5.14): tells a
+    /// namespace from a later one that got the same inode number.
+    pub netns_cookie: u64,
+}
+
+/// `EXPIRED` map key: fragment queues that timed out, per namespace and family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExpireKey {
+    pub netns: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub netns_cookie: u64,
+}
+
+/// Per CPU: the drop key seen last and what was counted for it since (the fast path of the
+/// drop program). Userspace adds it to `DROPS` when reading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastDrop {
+    pub key: DropKey,
+    pub count: Counter,
 }
 
 /// Packets and bytes.
@@ -260,16 +309,18 @@ pub const VXLAN_STAT_NO_TUNNEL_KEY: u32 = 2;
 pub const VXLAN_STAT_NO_DEV: u32 = 3;
 pub const VXLAN_STAT_SLOTS: u32 = 4;
 
-/// Per CPU: the namespace of the last fragment received or of the last fragment-queue drop
-/// whose namespace was known. Fragment-queue purges run synchronously right after either (reassembly of the
-/// fragment that made a queue "too far"; `ip_expire` freeing the head then the rest), on the
-/// same CPU, so this names their namespace.
+/// Per CPU: the namespace of the fragment queue whose timer is expiring on this CPU
+/// (`timer:timer_expire_entry` of `ip_expire` / `ip6_frag_expire`: the queue's
+/// `fqdir->net`), or of the last fragment-queue drop whose namespace was known. The queue's
+/// fragments are freed synchronously right after, on the same CPU, by the timer function
+/// (head, then `inet_frag_rbtree_purge` of the rest), so this names their namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetContext {
     pub netns: u32,
     pub ifindex: u32,
     pub boot_ns: u64,
+    pub netns_cookie: u64,
 }
 
 /// How old a [`NetContext`] may be to be used.
@@ -319,5 +370,7 @@ mod pod {
     unsafe impl aya::Pod for super::VxlanCountKey {}
     unsafe impl aya::Pod for super::VxlanCounters {}
     unsafe impl aya::Pod for super::NetContext {}
+    unsafe impl aya::Pod for super::ExpireKey {}
+    unsafe impl aya::Pod for super::LastDrop {}
     unsafe impl aya::Pod for super::PacketDropEvent {}
 }

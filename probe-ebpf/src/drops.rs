@@ -18,18 +18,18 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    Counter, DROP_SNAP_LEN, DropKey, EventKind, LEGACY_DROP_REASON, NET_CONTEXT_MAX_AGE_NS,
-    NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN, PacketDropEvent,
+    Counter, DROP_SNAP_LEN, DropKey, EventKind, LEGACY_DROP_REASON, LastDrop,
+    NET_CONTEXT_MAX_AGE_NS, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN, PacketDropEvent,
 };
 
 use crate::{
     kread::{field, field_ptr},
     maps::{
-        DROP_RATE, DROPS, EVENTS, count_lost, count_suppressed, net_context, net_stat,
-        set_net_context,
+        DROP_RATE, DROPS, EVENTS, LAST_DROP, count_lost, count_suppressed, net_context, net_stat,
+        net_stat_add, set_net_context,
     },
     net_config, net_offsets,
-    netns::{dev_netns, ip_fragment_info, network_header, sk_cgroup_id, sk_netns},
+    netns::{dev_netns_cookie, network_header, sk_cgroup_id, sk_netns_cookie},
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -49,6 +49,19 @@ pub fn skb_kfree_skb_legacy(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// What one drop costs, cheapest first (the figure is in the README's Performance section):
+/// - the namespace from BTF-checked loads (device, else socket); the clock is read only for
+///   queued fragments (their context has an age) and for samples;
+/// - no packet byte is read for the count (the key's protocol is `skb->protocol`; the IP
+///   header is copied only into samples);
+/// - the count goes to a per-CPU "last key" slot when the key is the same as the previous
+///   drop's on this CPU (a storm is one key), and only a different key touches the hash:
+///   the slot's previous key and count are then added to `DROPS`. Userspace reads `DROPS`
+///   first and the slots after, and the slot is rewritten before its old count is added to
+///   `DROPS`: a concurrent read can miss a count for one read (it shows in the next), never
+///   count it twice;
+/// - the token bucket that samples drops reads the clock only when it has tokens, or every
+///   64th refused drop to refill.
 #[inline(always)]
 unsafe fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i64> {
     let skb: *const u8 = ctx.arg(0);
@@ -61,60 +74,45 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i
     // The socket is only needed when the device does not name the namespace, and for
     // samples: read it lazily.
     let read_sk = || unsafe { field_ptr(skb, o.skb_sk) };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let (netns, ifindex) = match unsafe { dev_netns(&o, &c, dev) } {
+    let frag_reason = c.frag_reasons.contains(&reason);
+    let (netns, ifindex, netns_cookie) = match unsafe { dev_netns_cookie(&o, &c, dev) } {
         Some(v) => v,
-        None => match unsafe { sk_netns(&o, &c, read_sk()) } {
-            Some(ns) => (ns, 0),
+        None => match unsafe { sk_netns_cookie(&o, &c, read_sk()) } {
+            Some((ns, cookie)) => (ns, 0, cookie),
             // A queued fragment: dev and sk are reused by the queue (see NetContext).
-            None if c.frag_reasons.contains(&reason) => {
-                net_context(now, NET_CONTEXT_MAX_AGE_NS).unwrap_or((0, 0))
+            None if frag_reason => {
+                let now = unsafe { bpf_ktime_get_boot_ns() };
+                net_context(now, NET_CONTEXT_MAX_AGE_NS).unwrap_or((0, 0, 0))
             }
-            None => (0, 0),
+            None => (0, 0, 0),
         },
     };
     // Only fragment-queue drops refresh the context (an expired queue's head, freed with its
     // device, just before the rest of the queue): under a flood of unrelated drops the context
     // must not drift to the flooded namespace.
-    if netns != 0 && c.frag_reasons.contains(&reason) {
-        set_net_context(netns, ifindex, now);
+    if netns != 0 && frag_reason {
+        set_net_context(netns, ifindex, netns_cookie, unsafe {
+            bpf_ktime_get_boot_ns()
+        });
     }
     let l3_proto = u16::from_be(unsafe { field::<u16>(skb, o.skb_protocol) });
     let len = unsafe { field::<u32>(skb, o.skb_len) };
-    let nh = unsafe { network_header(&o, skb) };
-    let l4_proto = match nh {
-        Some(nh) => unsafe { ip_fragment_info(l3_proto, nh) }.map_or(0, |(_, _, p)| p),
-        None => 0,
-    };
     let key = DropKey {
         netns,
         ifindex,
         reason,
         l3_proto,
-        l4_proto,
+        l4_proto: 0,
         _pad: 0,
         location,
+        netns_cookie,
     };
-    match DROPS.get_ptr_mut(key) {
-        Some(v) => unsafe {
-            (*v).packets += 1;
-            (*v).bytes += len as u64;
-        },
-        None => {
-            let v = Counter {
-                packets: 1,
-                bytes: len as u64,
-            };
-            if DROPS.insert(key, v, 0).is_err() {
-                net_stat(NET_STAT_DROPS_MAP_FULL);
-            }
-        }
-    }
+    count_drop(&key, len as u64);
 
-    if !take_token(now, c.drop_events_per_sec, c.drop_events_burst) {
+    let Some(now) = take_token(c.drop_events_per_sec, c.drop_events_burst) else {
         count_suppressed(EventKind::PacketDrop as u32);
         return Ok(());
-    }
+    };
     let Some(mut entry) = EVENTS.reserve::<PacketDropEvent>(0) else {
         count_lost(EventKind::PacketDrop as u32);
         return Ok(());
@@ -127,7 +125,7 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i
     ev.sk_cgroup_id = unsafe { sk_cgroup_id(&o, read_sk()) };
     ev.len = len;
     ev.snap_len = 0;
-    if let Some(nh) = nh {
+    if let Some(nh) = unsafe { network_header(&o, skb) } {
         // Copy what the linear area holds; a failed read (short packet) leaves snap_len 0.
         let ok = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
@@ -147,16 +145,74 @@ unsafe fn try_kfree_skb(ctx: &BtfTracePointContext, reason: u32) -> Result<(), i
     Ok(())
 }
 
-/// Per-CPU token bucket: `rate` tokens per second up to `burst`.
 #[inline(always)]
-fn take_token(now: u64, rate: u64, burst: u64) -> bool {
-    if rate == 0 {
-        return false;
-    }
-    let Some(state) = DROP_RATE.get_ptr_mut(0) else {
-        return false;
+fn same_key(a: &DropKey, b: &DropKey) -> bool {
+    a.netns == b.netns
+        && a.ifindex == b.ifindex
+        && a.reason == b.reason
+        && a.l3_proto == b.l3_proto
+        && a.location == b.location
+        && a.netns_cookie == b.netns_cookie
+}
+
+/// Counts one drop: in the per-CPU last-key slot, flushing the slot's previous key into
+/// `DROPS` when the key changes (see [`try_kfree_skb`] for why the order is safe).
+#[inline(always)]
+fn count_drop(key: &DropKey, len: u64) {
+    let Some(last) = LAST_DROP.get_ptr_mut(0) else {
+        add_to_drops(key, 1, len);
+        return;
     };
+    let last = unsafe { &mut *last };
+    if same_key(&last.key, key) {
+        last.count.packets += 1;
+        last.count.bytes += len;
+        return;
+    }
+    let old: LastDrop = *last;
+    last.key = *key;
+    last.count = Counter {
+        packets: 1,
+        bytes: len,
+    };
+    if old.count.packets != 0 {
+        add_to_drops(&old.key, old.count.packets, old.count.bytes);
+    }
+}
+
+#[inline(always)]
+fn add_to_drops(key: &DropKey, packets: u64, bytes: u64) {
+    match DROPS.get_ptr_mut(key) {
+        Some(v) => unsafe {
+            (*v).packets += packets;
+            (*v).bytes += bytes;
+        },
+        None => {
+            let v = Counter { packets, bytes };
+            if DROPS.insert(key, v, 0).is_err() {
+                net_stat_add(NET_STAT_DROPS_MAP_FULL, packets);
+            }
+        }
+    }
+}
+
+/// Per-CPU token bucket: `rate` tokens per second up to `burst`. Returns the time when a
+/// token was taken. The clock is read only when a token may be there: with tokens left, or on
+/// every 64th drop refused while empty (the refill is then at most 63 drops late).
+#[inline(always)]
+fn take_token(rate: u64, burst: u64) -> Option<u64> {
+    if rate == 0 {
+        return None;
+    }
+    let state = DROP_RATE.get_ptr_mut(0)?;
     let state = unsafe { &mut *state };
+    if state.tokens == 0 {
+        state.refused = state.refused.wrapping_add(1);
+        if state.refused & 63 != 1 {
+            return None;
+        }
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let elapsed = now.saturating_sub(state.last_ns);
     // Refill in whole tokens; keep the remainder of the interval for the next refill.
     let per_token_ns = 1_000_000_000 / rate;
@@ -170,8 +226,8 @@ fn take_token(now: u64, rate: u64, burst: u64) -> bool {
         };
     }
     if state.tokens == 0 {
-        return false;
+        return None;
     }
     state.tokens -= 1;
-    true
+    Some(now)
 }

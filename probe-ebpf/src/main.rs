@@ -15,9 +15,9 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod drops;
+mod frag;
 mod kread;
 mod maps;
-mod netdev;
 mod netns;
 mod oom;
 mod reclaim;

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_SLOTS, NetContext, RECLAIM_STAT_SLOTS,
-    ReclaimKey, ReclaimStall, VxlanDev,
+    Counter, DevKey, DropKey, ExpireKey, IfCounters, IfKey, LastDrop, NET_STAT_SLOTS, NetContext,
+    RECLAIM_STAT_SLOTS, ReclaimKey, ReclaimStall, VxlanDev,
 };
 
 /// Ring buffer of event records (`probe_common::EventHeader` first). 1 MiB: an OOM record is
@@ -26,6 +26,16 @@ pub static EVENTS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(8
 #[map]
 pub static DROPS: PerCpuHashMap<DropKey, Counter> = PerCpuHashMap::with_max_entries(16384, 0);
 
+/// Per CPU: the drop key counted last and its count since (the drop program's fast path;
+/// userspace adds it to `DROPS`).
+#[map]
+pub static LAST_DROP: PerCpuArray<LastDrop> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fragment queues that timed out, per namespace and family (one per `ip_expire` /
+/// `ip6_frag_expire` run on a live queue: what the kernel counts as ReasmTimeout).
+#[map]
+pub static EXPIRED: PerCpuHashMap<ExpireKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
 /// Fragments and VXLAN traffic by (netns, device, direction).
 #[map]
 pub static IF_COUNTS: PerCpuHashMap<IfKey, IfCounters> = PerCpuHashMap::with_max_entries(8192, 0);
@@ -43,21 +53,27 @@ pub static NET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NET_STAT_
 pub static NET_CONTEXT: PerCpuArray<NetContext> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn set_net_context(netns: u32, ifindex: u32, now: u64) {
+pub fn set_net_context(netns: u32, ifindex: u32, cookie: u64, now: u64) {
     if let Some(c) = NET_CONTEXT.get_ptr_mut(0) {
         unsafe {
             (*c).netns = netns;
             (*c).ifindex = ifindex;
             (*c).boot_ns = now;
+            (*c).netns_cookie = cookie;
         }
     }
 }
 
-/// The context's (netns, ifindex) if recorded on this CPU within `max_age_ns` of `now`.
+/// The context's (netns, ifindex, cookie) if recorded on this CPU within `max_age_ns` of
+/// `now`.
 #[inline(always)]
-pub fn net_context(now: u64, max_age_ns: u64) -> Option<(u32, u32)> {
+pub fn net_context(now: u64, max_age_ns: u64) -> Option<(u32, u32, u64)> {
     let c = NET_CONTEXT.get(0)?;
-    (c.netns != 0 && now.saturating_sub(c.boot_ns) <= max_age_ns).then_some((c.netns, c.ifindex))
+    (c.netns != 0 && now.saturating_sub(c.boot_ns) <= max_age_ns).then_some((
+        c.netns,
+        c.ifindex,
+        c.netns_cookie,
+    ))
 }
 
 /// Per-CPU token bucket state of the drop-event rate limit.
@@ -65,6 +81,8 @@ pub fn net_context(now: u64, max_age_ns: u64) -> Option<(u32, u32)> {
 pub struct RateState {
     pub tokens: u64,
     pub last_ns: u64,
+    /// Drops refused while empty (the clock is read on every 64th).
+    pub refused: u64,
 }
 
 #[map]
@@ -91,6 +109,13 @@ pub fn count_suppressed(kind: u32) {
 #[inline(always)]
 pub fn net_stat(slot: u32) {
     bump(&NET_STATS, slot);
+}
+
+#[inline(always)]
+pub fn net_stat_add(slot: u32, n: u64) {
+    if let Some(v) = NET_STATS.get_ptr_mut(slot) {
+        unsafe { *v += n };
+    }
 }
 
 /// Reclaim stalls by (memory cgroup, kind): count, total and log2 histogram of durations.

@@ -35,19 +35,45 @@ pub unsafe fn net_inum(o: &NetOffsets, _c: &NetConfig, net: *const u8) -> Option
     (inum >= PROC_DYNAMIC_FIRST || inum == NET_NS_INIT_INO).then_some(inum)
 }
 
-/// (netns inode, ifindex) of a net_device pointer.
+/// `net->net_cookie` (0 when the kernel has none: before 5.14). Only call with a pointer
+/// [`net_inum`] accepted.
 #[inline(always)]
-pub unsafe fn dev_netns(o: &NetOffsets, c: &NetConfig, dev: *const u8) -> Option<(u32, u32)> {
+pub unsafe fn net_cookie(o: &NetOffsets, net: *const u8) -> u64 {
+    if o.net_cookie == KernelOffsets::ABSENT {
+        return 0;
+    }
+    unsafe { field::<u64>(net, o.net_cookie) }
+}
+
+/// (netns inode, ifindex, netns cookie) of a net_device pointer.
+#[inline(always)]
+pub unsafe fn dev_netns_cookie(
+    o: &NetOffsets,
+    c: &NetConfig,
+    dev: *const u8,
+) -> Option<(u32, u32, u64)> {
     if dev.is_null() {
         return None;
     }
     let net = unsafe { field_ptr(dev, o.dev_nd_net) };
     let inum = unsafe { net_inum(o, c, net) }?;
     let ifindex = unsafe { field::<i32>(dev, o.dev_ifindex) };
-    (ifindex > 0).then_some((inum, ifindex as u32))
+    (ifindex > 0).then(|| (inum, ifindex as u32, unsafe { net_cookie(o, net) }))
+}
+
+/// (inode, cookie) of a socket's namespace.
+#[inline(always)]
+pub unsafe fn sk_netns_cookie(o: &NetOffsets, c: &NetConfig, sk: *const u8) -> Option<(u32, u64)> {
+    if sk.is_null() {
+        return None;
+    }
+    let net = unsafe { field_ptr(sk, o.sk_net) };
+    let inum = unsafe { net_inum(o, c, net) }?;
+    Some((inum, unsafe { net_cookie(o, net) }))
 }
 
 /// Namespace of a socket.
+#[allow(dead_code)]
 #[inline(always)]
 pub unsafe fn sk_netns(o: &NetOffsets, c: &NetConfig, sk: *const u8) -> Option<u32> {
     if sk.is_null() {
@@ -87,6 +113,7 @@ pub unsafe fn network_header(o: &NetOffsets, skb: *const u8) -> Option<*const u8
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 
+#[allow(dead_code)]
 /// Fragment facts of an IP header: (is a fragment, is the first fragment, IP protocol).
 #[inline(always)]
 pub unsafe fn ip_fragment_info(l3: u16, nh: *const u8) -> Option<(bool, bool, u8)> {

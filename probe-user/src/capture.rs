@@ -660,6 +660,12 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     {
         warn!("network topology not scanned within 5 s; device names may be missing at first");
     }
+    // Fragment totals are the namespaces' own SNMP counters: read them before "ready", so
+    // the summary has the growth after it.
+    let frag_start = match (opts.summary, pipeline.topology()) {
+        (true, Some(t)) => t.fragmem_now().await.ok(),
+        _ => None,
+    };
     eprintln!(
         "{READY_MARKER}: attached {}",
         pipeline.kernel().attached().join(", ")
@@ -699,15 +705,32 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
         warn!(lost, "events lost because the ring buffer was full");
     }
     if opts.summary {
-        let totals =
+        let expiry = kernel.attached().contains(&"reasm_expire");
+        let mut totals =
             kernel.with_ebpf(|ebpf| -> Result<NetTotals, net_counters::CountersError> {
                 let drops = net_counters::drops(ebpf)?;
                 let ifs = net_counters::interfaces(ebpf)?;
+                let expired = if expiry {
+                    Some(net_counters::expired(ebpf)?)
+                } else {
+                    None
+                };
                 let snap = pipeline.topology().map(|t| t.snapshot());
-                Ok(pipeline
-                    .net_interpreter()
-                    .totals(&drops, &ifs, snap.as_deref()))
+                Ok(pipeline.net_interpreter().totals_with(
+                    &drops,
+                    &ifs,
+                    expired.as_ref(),
+                    snap.as_deref(),
+                ))
             })?;
+        if let (Some(start), Some(t)) = (&frag_start, pipeline.topology()) {
+            match t.fragmem_now().await {
+                Ok(end) => {
+                    totals.fragments = crate::netreport::fragments_from_snmp(start, &end);
+                }
+                Err(e) => warn!(error = %e, "fragment totals not read"),
+            }
+        }
         let suppressed = kernel.events_suppressed().iter().map(|s| s.count).sum();
         let p = pipeline.pressure_events();
         let summary = Summary {

@@ -348,6 +348,7 @@ pub(crate) mod tests {
                 l4_proto: 17,
                 _pad: 0,
                 location: 0xffff_ffff_8100_0000,
+                netns_cookie: 0,
             },
             sk_cgroup_id: 0,
             len: 60,

@@ -45,16 +45,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         hook: Hook::BtfTracepoint("kfree_skb"),
         family: "net",
     },
+    // Fragment-queue expiry (probe-ebpf/src/frag.rs): runs on every timer expiry of the node
+    // but leaves at once unless the timer is a fragment queue's.
     ProgramSpec {
-        name: "net_dev_start_xmit",
-        hook: Hook::BtfTracepoint("net_dev_start_xmit"),
+        name: "reasm_expire",
+        hook: Hook::BtfTracepoint("timer_expire_entry"),
         family: "net",
     },
-    ProgramSpec {
-        name: "netif_receive_skb",
-        hook: Hook::BtfTracepoint("netif_receive_skb"),
-        family: "net",
-    },
+    // VXLAN traffic (probe-ebpf/src/vxlan.rs): loaded here, attached to each VXLAN device by
+    // net/tc_attach.rs, so no program runs for packets that cross no VXLAN device.
     ProgramSpec {
         name: "vxlan_tc_egress",
         hook: Hook::TcPerDevice,
@@ -195,7 +194,10 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             reason("DUP_FRAG"),
             u32::MAX,
         ],
-        vxlan_xmit_addr: kallsyms.as_ref().map_or(0, vxlan_xmit_address),
+        ip_expire_addr: kallsyms.as_ref().map_or(0, |k| symbol(k, "ip_expire")),
+        ip6_frag_expire_addr: kallsyms
+            .as_ref()
+            .map_or(0, |k| symbol(k, "ip6_frag_expire")),
     };
     let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default())?;
     let net_offs_value = net_offs.as_ref().copied().unwrap_or(NetOffsets::zeroed());
@@ -211,6 +213,15 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         let variant = object_program(&btf, spec);
         let result = match (&net_offs, spec.family) {
             (Err(e), "net") => Err(format!("kernel BTF lacks what it needs: {e}")),
+            (Ok(o), _) if spec.name == "reasm_expire" && !offsets::expiry_offsets_known(o) => {
+                Err("kernel BTF lacks inet_frag_queue.fqdir / timer_list.function: timed-out fragment queues of queues whose first fragment never came are not counted, and their fragments are attributed by the fragment context only".to_string())
+            }
+            _ if spec.name == "reasm_expire"
+                && net_config.ip_expire_addr == 0
+                && net_config.ip6_frag_expire_addr == 0 =>
+            {
+                Err("ip_expire / ip6_frag_expire not in /proc/kallsyms: fragment-queue timeouts are counted from drops only".to_string())
+            }
             _ => match unsupported_reason(&btf, spec) {
                 Some(why) => Err(why),
                 None => attach_one(&mut ebpf, spec, variant, &aya_btf),
@@ -249,11 +260,10 @@ pub fn load_with(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     })
 }
 
-/// `vxlan_xmit`'s address, when VXLAN is built in or its module is loaded (0 otherwise: the
-/// per-packet programs then look every device up).
-fn vxlan_xmit_address(k: &crate::kallsyms::Kallsyms) -> u64 {
-    k.address_of("vxlan_xmit")
-        .or_else(|| k.address_of("vxlan_xmit [vxlan]"))
+/// A symbol's address (built in, else in a module), 0 when unknown.
+fn symbol(k: &crate::kallsyms::Kallsyms, name: &str) -> u64 {
+    k.address_of(name)
+        .or_else(|| k.address_of(&format!("{name} [ipv6]")))
         .unwrap_or(0)
 }
 
@@ -368,7 +378,7 @@ mod tests {
         );
         let why = unsupported_reason(&old, spec("oom_mark_victim")).unwrap();
         assert!(why.contains("needs Linux >= 6.9"), "{why}");
-        assert_eq!(unsupported_reason(&old, spec("net_dev_start_xmit")), None);
+        assert_eq!(unsupported_reason(&old, spec("reasm_expire")), None);
 
         let new = btf(true);
         for p in PROGRAMS {

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use probe_common::{
-    Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN,
-    NET_STAT_IF_MAP_FULL, NET_STAT_SLOTS, VXLAN_DEV_EXTERNAL, VXLAN_STAT_COUNTS_MAP_FULL,
-    VXLAN_STAT_NO_DEV, VXLAN_STAT_NO_TUNNEL_KEY, VXLAN_STAT_SLOTS, VXLAN_STAT_UNKNOWN_DEV,
-    VxlanCountKey, VxlanCounters, VxlanDev, VxlanPath, VxlanPathKey,
+    Counter, DevKey, DropKey, ExpireKey, IfCounters, IfKey, LastDrop, NET_STAT_DROPS_MAP_FULL,
+    NET_STAT_DROPS_SEEN, NET_STAT_IF_MAP_FULL, NET_STAT_SLOTS, VXLAN_DEV_EXTERNAL,
+    VXLAN_STAT_COUNTS_MAP_FULL, VXLAN_STAT_NO_DEV, VXLAN_STAT_NO_TUNNEL_KEY, VXLAN_STAT_SLOTS,
+    VXLAN_STAT_UNKNOWN_DEV, VxlanCountKey, VxlanCounters, VxlanDev, VxlanPath, VxlanPathKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,12 @@ pub enum CountersError {
         #[source]
         source: MapError,
     },
+    #[error("writing BPF map {name}: {source}")]
+    Io {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> CountersError {
@@ -34,11 +40,14 @@ fn map<'a>(ebpf: &'a aya::Ebpf, name: &'static str) -> Result<&'a aya::maps::Map
     ebpf.map(name).ok_or(CountersError::MissingMap(name))
 }
 
-/// `DROPS`: packets and bytes per (netns, device, reason, protocol, location).
+/// `DROPS` plus each CPU's `LAST_DROP` slot: packets and bytes per (netns, cookie, device,
+/// reason, protocol, location). `DROPS` is read first: the kernel rewrites a slot before it
+/// adds the slot's old count to `DROPS`, so a read racing with that can miss a count (the next
+/// read has it) but never counts one twice.
 pub fn drops(ebpf: &aya::Ebpf) -> Result<HashMap<DropKey, Counter>, CountersError> {
     let m: PerCpuHashMap<&MapData, DropKey, Counter> =
         PerCpuHashMap::try_from(map(ebpf, "DROPS")?).map_err(map_err("DROPS"))?;
-    let mut out = HashMap::new();
+    let mut out: HashMap<DropKey, Counter> = HashMap::new();
     for item in m.iter() {
         let (k, per_cpu) = item.map_err(map_err("DROPS"))?;
         let mut sum = Counter::default();
@@ -47,6 +56,40 @@ pub fn drops(ebpf: &aya::Ebpf) -> Result<HashMap<DropKey, Counter>, CountersErro
             sum.bytes += c.bytes;
         }
         out.insert(k, sum);
+    }
+    // Objects built before the fast path have no slot.
+    if let Some(last) = ebpf.map("LAST_DROP") {
+        let last: PerCpuArray<&MapData, LastDrop> =
+            PerCpuArray::try_from(last).map_err(map_err("LAST_DROP"))?;
+        let slots = last.get(&0, 0).map_err(map_err("LAST_DROP"))?;
+        add_last_drops(&mut out, slots.iter());
+    }
+    Ok(out)
+}
+
+/// Adds the per-CPU last-key slots to a `DROPS` snapshot.
+pub fn add_last_drops<'a>(
+    out: &mut HashMap<DropKey, Counter>,
+    slots: impl Iterator<Item = &'a LastDrop>,
+) {
+    for s in slots {
+        if s.count.packets == 0 {
+            continue;
+        }
+        let e = out.entry(s.key).or_default();
+        e.packets += s.count.packets;
+        e.bytes += s.count.bytes;
+    }
+}
+
+/// `EXPIRED`: fragment queues that timed out per (netns, cookie, family).
+pub fn expired(ebpf: &aya::Ebpf) -> Result<HashMap<ExpireKey, u64>, CountersError> {
+    let m: PerCpuHashMap<&MapData, ExpireKey, u64> =
+        PerCpuHashMap::try_from(map(ebpf, "EXPIRED")?).map_err(map_err("EXPIRED"))?;
+    let mut out = HashMap::new();
+    for item in m.iter() {
+        let (k, per_cpu) = item.map_err(map_err("EXPIRED"))?;
+        out.insert(k, per_cpu.iter().sum::<u64>());
     }
     Ok(out)
 }
@@ -182,13 +225,36 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
 /// Deletes every `DROPS` and `IF_COUNTS` key of network namespace `netns` (it is gone: its
 /// inode may be reused by a new namespace, whose counts must start from zero).
 pub fn forget_netns(ebpf: &mut aya::Ebpf, netns: u32) -> Result<usize, CountersError> {
-    Ok(
-        remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| k.netns == netns)?
-            + remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?
-            + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
-                k.netns == netns
-            })?,
-    )
+    let n = remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| k.netns == netns)?
+        + remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?
+        + remove_keys::<ExpireKey, u64>(ebpf, "EXPIRED", |k| k.netns == netns)?
+        + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| k.netns == netns)?;
+    // A slot still holding the namespace would flush into DROPS later and bring the key
+    // back, counted a second time.
+    if let Some(m) = ebpf.map_mut("LAST_DROP") {
+        let mut last: PerCpuArray<&mut MapData, LastDrop> =
+            PerCpuArray::try_from(m).map_err(map_err("LAST_DROP"))?;
+        let slots = last.get(&0, 0).map_err(map_err("LAST_DROP"))?;
+        if slots.iter().any(|s| s.key.netns == netns) {
+            let cleared: Vec<LastDrop> = slots
+                .iter()
+                .map(|s| {
+                    if s.key.netns == netns {
+                        LastDrop::default()
+                    } else {
+                        *s
+                    }
+                })
+                .collect();
+            let values =
+                aya::maps::PerCpuValues::try_from(cleared).map_err(|source| CountersError::Io {
+                    name: "LAST_DROP",
+                    source,
+                })?;
+            last.set(0, values, 0).map_err(map_err("LAST_DROP"))?;
+        }
+    }
+    Ok(n)
 }
 
 /// Removes the keys of per-CPU hash `name` that `doomed` selects; returns how many.

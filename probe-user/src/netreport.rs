@@ -8,7 +8,7 @@ use std::{
     sync::Mutex,
 };
 
-use probe_common::{Counter, DIRECTION_TX, DropKey, IfCounters, IfKey};
+use probe_common::{Counter, DIRECTION_TX, DropKey, ExpireKey, IfCounters, IfKey};
 use serde::Serialize;
 
 use crate::{
@@ -206,11 +206,25 @@ impl NetInterpreter {
         }
     }
 
-    /// Aggregates counter snapshots into totals.
+    /// Aggregates counter snapshots into totals, timeouts from the drops (see
+    /// [`counts_as_failure`]): for kernels where the expiry program is not attached.
     pub fn totals(
         &self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
+        topology: Option<&TopologySnapshot>,
+    ) -> NetTotals {
+        self.totals_with(drops, ifs, None, topology)
+    }
+
+    /// Aggregates counter snapshots into totals. With `expired` (the `EXPIRED` map, while the
+    /// expiry program is attached) timeouts are its counts — one per expired queue in the
+    /// queue's namespace, as ReasmTimeout — and timed-out fragments' drops are no failures.
+    pub fn totals_with(
+        &self,
+        drops: &HashMap<DropKey, Counter>,
+        ifs: &HashMap<IfKey, IfCounters>,
+        expired: Option<&HashMap<ExpireKey, u64>>,
         topology: Option<&TopologySnapshot>,
     ) -> NetTotals {
         let dev_name = |netns: u32, ifindex: u32| -> Option<String> {
@@ -229,6 +243,7 @@ impl NetInterpreter {
             e.0 += c.packets;
             e.1 += c.bytes;
             if let Some((cause, v)) = class.reassembly
+                && !(expired.is_some() && cause == ReasmCause::Timeout)
                 && counts_as_failure(cause, class.location.as_deref())
             {
                 let v = v.or(match k.l3_proto {
@@ -245,6 +260,14 @@ impl NetInterpreter {
                     .or_default() += c.packets;
             }
         }
+        for (k, n) in expired.into_iter().flatten() {
+            let v = if k.family == 6 {
+                IpVersion::V6
+            } else {
+                IpVersion::V4
+            };
+            *reasm.entry((k.netns, ReasmCause::Timeout, v)).or_default() += n;
+        }
         let mut fragments = Vec::new();
         let mut vxlan = Vec::new();
         for (k, c) in ifs {
@@ -254,6 +277,8 @@ impl NetInterpreter {
                 "rx"
             };
             let device = dev_name(k.netns, k.ifindex);
+            // Objects that still count fragments per device (none since they are the
+            // namespaces' SNMP counters, see `fragments_from_snmp`).
             if c.frag_packets > 0 {
                 fragments.push(FragmentTotal {
                     netns: k.netns,
@@ -261,7 +286,7 @@ impl NetInterpreter {
                     ifindex: k.ifindex,
                     direction,
                     packets: c.frag_packets,
-                    bytes: c.frag_bytes,
+                    bytes: Some(c.frag_bytes),
                     datagrams: c.frag_first,
                 });
             }
@@ -325,6 +350,43 @@ impl NetInterpreter {
     }
 }
 
+/// Per-namespace fragment totals between two sweeps of the namespaces' SNMP counters
+/// (`Topology::fragmem`): tx = FragCreates (datagrams FragOKs), rx = ReasmReqds (datagrams
+/// ReasmOKs), IPv4 + IPv6. A namespace missing from `start` counts from 0 (it is new: its
+/// counters started at 0). `device` is none and `bytes` unknown: the kernel counts per
+/// namespace, not per device.
+pub fn fragments_from_snmp(
+    start: &crate::net::topology::FragMemMap,
+    end: &crate::net::topology::FragMemMap,
+) -> Vec<FragmentTotal> {
+    let mut out = Vec::new();
+    for (&netns, mem) in end.iter() {
+        let Some(c) = mem.counters else { continue };
+        let before = start
+            .get(&netns)
+            .and_then(|m| m.counters)
+            .map(|c| c.totals());
+        let d = c.totals().since(before.as_ref());
+        for (direction, packets, datagrams) in [
+            ("rx", d.rx_fragments, d.rx_datagrams),
+            ("tx", d.tx_fragments, d.tx_datagrams),
+        ] {
+            if packets > 0 {
+                out.push(FragmentTotal {
+                    netns,
+                    device: None,
+                    ifindex: 0,
+                    direction,
+                    packets,
+                    bytes: None,
+                    datagrams,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Whether a classified drop is one reassembly *failure*. A timed-out queue frees its head
 /// in `ip_expire` / `ip6_frag_expire` (one drop per failed datagram, what ReasmTimeout counts)
 /// and its other fragments in `inet_frag_rbtree_purge` with the same reason: only the first
@@ -357,12 +419,14 @@ pub struct ReasmTotal {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FragmentTotal {
     pub netns: u32,
+    /// None: the namespace's SNMP counters have no device.
     pub device: Option<String>,
     pub ifindex: u32,
     pub direction: &'static str,
     pub packets: u64,
-    pub bytes: u64,
-    /// First fragments: datagrams fragmented (tx) / started (rx).
+    /// None: SNMP counts no bytes.
+    pub bytes: Option<u64>,
+    /// Datagrams fragmented (tx, FragOKs) / reassembled (rx, ReasmOKs).
     pub datagrams: u64,
 }
 
@@ -424,6 +488,7 @@ mod tests {
             l4_proto: 17,
             _pad: 0,
             location,
+            netns_cookie: 0,
         }
     }
 
@@ -483,6 +548,25 @@ mod tests {
         );
         let t = i.totals(&drops, &ifs, None);
         assert_eq!(t.drops.len(), 3);
+        // With the expiry counts, timeouts are those (per queue, in the queue's namespace),
+        // not the timed-out fragments' drops.
+        let expired = HashMap::from([(
+            ExpireKey {
+                netns: 9,
+                family: 6,
+                netns_cookie: 3,
+            },
+            4u64,
+        )]);
+        let te = i.totals_with(&drops, &ifs, Some(&expired), None);
+        assert_eq!(
+            te.reassembly_failures
+                .iter()
+                .filter(|r| r.cause == ReasmCause::Timeout)
+                .map(|r| (r.netns, r.version, r.packets))
+                .collect::<Vec<_>>(),
+            vec![(9, IpVersion::V6, 4)]
+        );
         assert_eq!(
             t.reassembly_failures,
             vec![

@@ -264,7 +264,33 @@ pub fn net_offsets(btf: &Btf) -> Result<NetOffsets, OffsetsError> {
         &["gso_segs"],
         "skb_shared_info.gso_segs",
     )?;
+    // The namespace's cookie (Linux >= 5.14), else keys carry 0.
+    o.net_cookie = btf
+        .member_offset("net", &["net_cookie"])
+        .unwrap_or(KernelOffsets::ABSENT);
+    // Fragment-queue expiry: optional, the expiry program is not attached without them
+    // (`expiry_offsets_known`).
+    let opt = |s: &str, p: &[&str]| btf.member_offset(s, p).unwrap_or(KernelOffsets::ABSENT);
+    o.timer_function = opt("timer_list", &["function"]);
+    o.fq_timer = opt("inet_frag_queue", &["timer"]);
+    o.fq_flags = opt("inet_frag_queue", &["flags"]);
+    o.fq_fqdir = opt("inet_frag_queue", &["fqdir"]);
+    o.fqdir_net = opt("fqdir", &["net"]);
+    o.fqdir_dead = opt("fqdir", &["dead"]);
     Ok(o)
+}
+
+/// Whether the fragment-queue expiry program has every member it reads.
+pub fn expiry_offsets_known(o: &NetOffsets) -> bool {
+    [
+        o.timer_function,
+        o.fq_timer,
+        o.fq_flags,
+        o.fq_fqdir,
+        o.fqdir_net,
+    ]
+    .iter()
+    .all(|&v| v != KernelOffsets::ABSENT)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ mod cost;
 mod fathom;
 mod flood;
 mod footprint;
+mod healthy;
 mod http;
 mod pods;
 mod process;
@@ -66,6 +67,7 @@ struct Config {
     senders: usize,
     scrapes: usize,
     startup_runs: usize,
+    healthy: u64,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ impl Config {
             senders: var("FATHOM_BENCH_SENDERS", (2 * cpus).max(4))?.max(1) as usize,
             scrapes: var("FATHOM_BENCH_SCRAPES", 200)?.max(1) as usize,
             startup_runs: var("FATHOM_BENCH_STARTUP_RUNS", 3)? as usize,
+            healthy: var("FATHOM_BENCH_HEALTHY_SECS", 5)?,
         })
     }
 
@@ -97,7 +100,7 @@ impl Config {
             "flood_s": self.flood.as_secs(), "cost_s": self.cost.as_secs(),
             "baseline_s": self.baseline.as_secs(), "idle_s": self.idle.as_secs(),
             "pods": self.pods, "senders": self.senders, "scrapes": self.scrapes,
-            "startup_runs": self.startup_runs,
+            "startup_runs": self.startup_runs, "healthy_s": self.healthy,
         })
     }
 }
@@ -208,6 +211,17 @@ fn phases(cfg: &Config, bin: &Path, r: &mut Results) -> Result<()> {
         Ok(())
     })();
     record(r, "startup", outcome)?;
+
+    if cfg.healthy > 0 {
+        step(&format!(
+            "healthy traffic: veth and VXLAN, TCP stream and UDP ping-pong, {} s each, fathom off then on",
+            cfg.healthy
+        ));
+        let outcome = healthy::run(bin, &name, cfg.healthy);
+        if let Some(h) = record(r, "healthy traffic", outcome)? {
+            r.healthy = h;
+        }
+    }
 
     if cfg.pods > 0 {
         step(&format!(

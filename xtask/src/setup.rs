@@ -42,6 +42,10 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     // tests/tests/deploy_image.rs reads deploy/kubernetes/fathom.yaml.
     "python3-yaml",
+    // cargo xtask bench: healthy-traffic latency (sockperf) and throughput (iperf3) with
+    // fathom on and off.
+    "sockperf",
+    "iperf3",
 ];
 
 /// Daemons that package installs may start; tests start their own private instances.

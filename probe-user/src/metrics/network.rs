@@ -4,8 +4,9 @@
 //! - `fathom_ip_reassembly_failures_total{namespace,pod,netns,cause}` (`DROPS` entries the
 //!   [`NetInterpreter`] classifies as reassembly failures, counted as
 //!   [`counts_as_failure`] says: timeouts once per expired queue, like the kernel's
-//!   ReasmTimeout / ReasmFails);
-//! - `fathom_ip_fragments_total{namespace,pod,netns,device,direction}` (`IF_COUNTS`);
+//!   ReasmTimeout / ReasmFails); while the expiry program is attached, `timeout` is its
+//!   `EXPIRED` count instead (one per expired queue, in the queue's namespace);
+//! - (`fathom_ip_fragments_total` is the namespaces' SNMP counters: see `network_gauges`);
 //! - `fathom_vxlan_packets_total{netns,device,vni,direction}`,
 //!   `fathom_vxlan_oversize_packets_total{netns,device,vni}` (`VXLAN_COUNTS` of the tc
 //!   programs on VXLAN devices: the packet's own VNI — the tunnel key's on `external`
@@ -47,7 +48,7 @@ use std::{
 };
 
 use probe_common::{
-    Counter, DIRECTION_TX, DropKey, IfCounters, IfKey, VxlanCountKey, VxlanCounters,
+    Counter, DIRECTION_TX, DropKey, ExpireKey, IfCounters, IfKey, VxlanCountKey, VxlanCounters,
 };
 use prometheus_client::{
     collector::Collector,
@@ -64,6 +65,7 @@ use super::{
     store::CumulativeCounters,
 };
 use crate::{
+    drop_reason::ReasmCause,
     net::{Topology, TopologySnapshot},
     net_counters,
     netreport::{NetInterpreter, counts_as_failure},
@@ -101,7 +103,6 @@ impl VxlanLabels {
 
 type DropSeries = (NetnsLabels, String);
 type ReasmSeries = (NetnsLabels, &'static str);
-type FragmentSeries = (NetnsLabels, String, &'static str);
 type VxlanPacketSeries = (VxlanLabels, &'static str);
 type VxlanDropSeries = (VxlanLabels, String);
 
@@ -113,7 +114,6 @@ type Reading<K, L> = (K, u64, L, Anchor);
 struct Readings {
     drops: Vec<Reading<DropKey, DropSeries>>,
     reasm: Vec<Reading<DropKey, ReasmSeries>>,
-    fragments: Vec<Reading<IfKey, FragmentSeries>>,
     vxlan_packets: Vec<Reading<VxlanCountKey, VxlanPacketSeries>>,
     vxlan_oversize: Vec<Reading<VxlanCountKey, VxlanLabels>>,
     vxlan_drops: Vec<Reading<DropKey, VxlanDropSeries>>,
@@ -143,14 +143,6 @@ impl VniSlots {
     }
 }
 
-fn direction(k: &IfKey) -> &'static str {
-    if k.direction == DIRECTION_TX {
-        "tx"
-    } else {
-        "rx"
-    }
-}
-
 /// A device's name in the topology, else `if<index>`; empty for "no device" (0).
 fn device_name(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -> String {
     if ifindex == 0 {
@@ -173,17 +165,47 @@ fn vxlan_labels(topology: Option<&TopologySnapshot>, netns: u32, ifindex: u32) -
     }
 }
 
-/// Labels every kernel key of one snapshot of the maps whose namespace is `ready`.
+/// `DropKey::reason` of the keys [`with_expiries`] adds: timed-out queues, not drops.
+const EXPIRY_REASON: u32 = u32::MAX - 1;
+
+/// The `DROPS` snapshot plus one key per `EXPIRED` entry (reason [`EXPIRY_REASON`], protocol
+/// the family), so that expiries go through the same naming, readiness and TTL as drops.
+fn with_expiries(
+    drops: HashMap<DropKey, Counter>,
+    expired: &HashMap<ExpireKey, u64>,
+) -> HashMap<DropKey, Counter> {
+    let mut out = drops;
+    for (k, &n) in expired {
+        let key = DropKey {
+            netns: k.netns,
+            reason: EXPIRY_REASON,
+            l3_proto: if k.family == 6 { 0x86dd } else { 0x0800 },
+            netns_cookie: k.netns_cookie,
+            ..DropKey::default()
+        };
+        out.insert(
+            key,
+            Counter {
+                packets: n,
+                bytes: 0,
+            },
+        );
+    }
+    out
+}
+
+/// Labels every kernel key of one snapshot of the maps whose namespace is `ready`. With
+/// `expiry`, timeouts come from the [`EXPIRY_REASON`] keys only.
 #[allow(clippy::too_many_arguments)]
 fn readings(
     interpreter: &NetInterpreter,
     drops: &HashMap<DropKey, Counter>,
-    ifs: &HashMap<IfKey, IfCounters>,
     vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
     topology: Option<&TopologySnapshot>,
     labeler: &mut NetnsLabeler<'_>,
     ready: &HashSet<u32>,
     slots: &mut VniSlots,
+    expiry: bool,
 ) -> Readings {
     let mut r = Readings::default();
     // In VNI order, so that which VNIs keep their own series does not depend on hash order.
@@ -226,9 +248,19 @@ fn readings(
         if !ready.contains(&k.netns) {
             continue;
         }
-        let class = interpreter.classify(k.reason, k.location);
         let (labels, anchor) = labeler.labels(k.netns);
+        if k.reason == EXPIRY_REASON {
+            r.reasm.push((
+                *k,
+                c.packets,
+                (labels, ReasmCause::Timeout.as_str()),
+                anchor,
+            ));
+            continue;
+        }
+        let class = interpreter.classify(k.reason, k.location);
         if let Some((cause, _)) = class.reassembly
+            && !(expiry && cause == ReasmCause::Timeout)
             && counts_as_failure(cause, class.location.as_deref())
         {
             r.reasm.push((
@@ -253,17 +285,6 @@ fn readings(
         r.drops
             .push((*k, c.packets, (labels, class.reason), anchor));
     }
-    for (k, c) in ifs {
-        if !ready.contains(&k.netns) {
-            continue;
-        }
-        if c.frag_packets > 0 {
-            let (labels, anchor) = labeler.labels(k.netns);
-            let device = device_name(topology, k.netns, k.ifindex);
-            r.fragments
-                .push((*k, c.frag_packets, (labels, device, direction(k)), anchor));
-        }
-    }
     r
 }
 
@@ -272,7 +293,6 @@ fn readings(
 struct State {
     drops: CumulativeCounters<DropKey, DropSeries>,
     reasm: CumulativeCounters<DropKey, ReasmSeries>,
-    fragments: CumulativeCounters<IfKey, FragmentSeries>,
     vxlan_packets: CumulativeCounters<VxlanCountKey, VxlanPacketSeries>,
     vxlan_oversize: CumulativeCounters<VxlanCountKey, VxlanLabels>,
     vxlan_drops: CumulativeCounters<DropKey, VxlanDropSeries>,
@@ -284,6 +304,9 @@ struct State {
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
     first_seen: HashMap<u32, (Instant, bool)>,
+    /// The newest netns cookie seen per inode (see [`State::track_cookies`]).
+    cookies: HashMap<u32, u64>,
+    ttl: Duration,
     /// Zero series of `fathom_ip_reassembly_failures_total` for this scrape.
     reasm_zeros: Vec<ReasmSeries>,
     /// Namespaces the topology has listed: one it lists no more is gone.
@@ -297,11 +320,12 @@ impl State {
     fn new(ttl: Duration) -> Self {
         Self {
             first_seen: HashMap::new(),
+            cookies: HashMap::new(),
+            ttl,
             reasm_zeros: Vec::new(),
             ever_listed: HashSet::new(),
             drops: CumulativeCounters::new(ttl),
             reasm: CumulativeCounters::new(ttl),
-            fragments: CumulativeCounters::new(ttl),
             vxlan_packets: CumulativeCounters::new(ttl),
             vxlan_oversize: CumulativeCounters::new(ttl),
             vxlan_drops: CumulativeCounters::new(ttl),
@@ -309,6 +333,59 @@ impl State {
             vni_slots: VniSlots::default(),
             no_path_total: 0,
         }
+    }
+
+    /// Namespace identity across inode reuse. The kernel reuses a gone namespace's inode
+    /// number within seconds; its cookie (`net->net_cookie`, in every drop key) only grows.
+    /// When an inode shows a newer cookie, the namespace it named is gone: its series are
+    /// removed at once (the new one's start from 0 — Prometheus sees a counter reset, not a
+    /// gone pod's counts continuing), and keys still holding the older cookie (not yet
+    /// deleted from the maps) are left out. Keys with cookie 0 (kernels before 5.14) are
+    /// kept as they are.
+    fn track_cookies(
+        &mut self,
+        drops: &HashMap<DropKey, Counter>,
+        now: Instant,
+    ) -> HashMap<DropKey, Counter> {
+        let mut newest: HashMap<u32, u64> = HashMap::new();
+        for k in drops.keys().filter(|k| k.netns_cookie != 0) {
+            let e = newest.entry(k.netns).or_default();
+            *e = (*e).max(k.netns_cookie);
+        }
+        for (ns, cookie) in newest {
+            let known = self.cookies.entry(ns).or_insert(cookie);
+            if *known < cookie {
+                *known = cookie;
+                self.forget_netns(ns, now);
+            }
+        }
+        drops
+            .iter()
+            .filter(|(k, _)| {
+                k.netns_cookie == 0
+                    || self
+                        .cookies
+                        .get(&k.netns)
+                        .is_none_or(|&c| k.netns_cookie >= c)
+            })
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// Removes every drop-keyed series of namespace inode `ns` now.
+    fn forget_netns(&mut self, ns: u32, now: Instant) {
+        let label = netns_label(ns);
+        let later = now + self.ttl;
+        self.drops
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.reasm
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.vxlan_drops
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.first_seen.remove(&ns);
     }
 
     /// The namespaces of this snapshot whose counts are exported: labels final, or first
@@ -351,7 +428,6 @@ impl State {
     fn update(&mut self, r: Readings, now: Instant, alive: &impl Fn(&Anchor) -> bool) -> usize {
         self.drops.observe(r.drops, now);
         self.reasm.observe(r.reasm, now);
-        self.fragments.observe(r.fragments, now);
         self.vxlan_packets.observe(r.vxlan_packets, now);
         self.vxlan_oversize.observe(r.vxlan_oversize, now);
         self.vxlan_drops.observe(r.vxlan_drops, now);
@@ -359,7 +435,6 @@ impl State {
         self.drops.expire(now, alive)
             + self.vxlan_folded.expire(now, alive)
             + self.reasm.expire(now, alive)
-            + self.fragments.expire(now, alive)
             + self.vxlan_packets.expire(now, alive)
             + self.vxlan_oversize.expire(now, alive)
             + self.vxlan_drops.expire(now, alive)
@@ -423,16 +498,6 @@ impl State {
         )?;
         for ((ns, cause), v) in self.reasm.store_mut().scrape(self.reasm_zeros.clone()) {
             ConstCounter::new(v).encode(f.encode_family(&ns.with(&[("cause", cause)]))?)?;
-        }
-        let mut f = encoder.encode_descriptor(
-            "fathom_ip_fragments",
-            "IPv4/IPv6 fragments sent (tx) and received (rx), by network namespace and device",
-            None,
-            MetricType::Counter,
-        )?;
-        for ((ns, device, dir), v) in self.fragments.store_mut().scrape([]) {
-            ConstCounter::new(v)
-                .encode(f.encode_family(&ns.with(&[("device", &device), ("direction", dir)]))?)?;
         }
         let mut f = encoder.encode_descriptor(
             "fathom_vxlan_packets",
@@ -509,11 +574,13 @@ impl NetworkSeries {
         ifs: &HashMap<IfKey, IfCounters>,
         vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         topology: Option<&TopologySnapshot>,
+        expiry: bool,
         now: Instant,
     ) -> Vec<u32> {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
+        let drops = &state.track_cookies(drops, now);
         let ready = state.ready(drops, ifs, vxlan, &listed, &mut labeler, now);
         state
             .vni_slots
@@ -522,12 +589,12 @@ impl NetworkSeries {
         let r = readings(
             &self.interpreter,
             drops,
-            ifs,
             vxlan,
             topology,
             &mut labeler,
             &ready,
             &mut slots,
+            expiry,
         );
         state.vni_slots = slots;
         state.no_path_total = vxlan.values().map(|c| c.no_path).sum();
@@ -593,9 +660,16 @@ impl NetworkCounters {
 impl Collector for NetworkCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Both maps under one lock of the object: one consistent-enough snapshot per scrape.
+        let expiry = self.kernel.attached().contains(&"reasm_expire");
         let maps = self.kernel.with_ebpf(|ebpf| {
+            let drops = net_counters::drops(ebpf)?;
+            let drops = if expiry {
+                with_expiries(drops, &net_counters::expired(ebpf)?)
+            } else {
+                drops
+            };
             Ok::<_, net_counters::CountersError>((
-                net_counters::drops(ebpf)?,
+                drops,
                 net_counters::interfaces(ebpf)?,
                 if ebpf.map("VXLAN_COUNTS").is_some() {
                     net_counters::vxlan_counts(ebpf)?
@@ -607,9 +681,14 @@ impl Collector for NetworkCounters {
         match maps {
             Ok((drops, ifs, vxlan)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
-                let gone =
-                    self.series
-                        .update(&drops, &ifs, &vxlan, topology.as_deref(), Instant::now());
+                let gone = self.series.update(
+                    &drops,
+                    &ifs,
+                    &vxlan,
+                    topology.as_deref(),
+                    expiry,
+                    Instant::now(),
+                );
                 // Read, then deleted: a gone namespace's last counts are in the series now,
                 // and a new namespace reusing the inode starts from zero in the kernel.
                 for ns in gone {
@@ -696,6 +775,7 @@ mod tests {
             l4_proto: 17,
             _pad: 0,
             location,
+            netns_cookie: 0,
         }
     }
 
@@ -768,7 +848,7 @@ mod tests {
             t: Option<&TopologySnapshot>,
             now: Instant,
         ) {
-            self.0.update(drops, ifs, vxlan, t, now);
+            self.0.update(drops, ifs, vxlan, t, false, now);
         }
 
         /// What a scraper sees from its second scrape on (a new series is scraped at 0 once
@@ -811,8 +891,14 @@ mod tests {
         let drops = HashMap::from([(key(POD_NS, 3, 2, 0xffff_ffff_8100_0100), packets(9))]);
         let mut gone = topology(HOST, &[]);
         gone.generation = topo.generation + 1;
-        let forget =
-            c.0.update(&drops, &HashMap::new(), &HashMap::new(), Some(&gone), t0);
+        let forget = c.0.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&gone),
+            false,
+            t0,
+        );
         assert_eq!(forget, vec![POD_NS]);
         let text = c.text();
         assert!(
@@ -889,23 +975,17 @@ mod tests {
     }
 
     #[test]
-    fn fragments_and_vxlan_traffic_are_named_by_the_topology() {
+    fn vxlan_traffic_is_named_by_the_topology() {
         let (c, _) = counters(FixedOwners::default(), true);
         let t = topo();
         let mut ifs = HashMap::new();
+        // Per-device fragment counts of an older object are not exported here: fragments
+        // are the namespaces' SNMP counters (network_gauges).
         ifs.insert(
             if_key(HOST, 2, DIRECTION_TX),
             IfCounters {
                 frag_packets: 6,
                 frag_first: 2,
-                ..Default::default()
-            },
-        );
-        // A device the topology does not know (yet).
-        ifs.insert(
-            if_key(POD_NS, 9, DIRECTION_RX),
-            IfCounters {
-                frag_packets: 3,
                 ..Default::default()
             },
         );
@@ -933,12 +1013,7 @@ mod tests {
         c.update(&drops, &ifs, &vx, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
-        has(
-            r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026531840",device="eth0",direction="tx"} 6"#,
-        );
-        has(
-            r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026532100",device="if9",direction="rx"} 3"#,
-        );
+        assert!(!text.contains("fathom_ip_fragments"), "{text}");
         has(
             r#"fathom_vxlan_packets_total{netns="4026531840",device="vx0",vni="42",direction="tx"} 10"#,
         );
@@ -972,18 +1047,14 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let rx = |n| {
-            HashMap::from([(
-                if_key(NEW, 2, DIRECTION_RX),
-                IfCounters {
-                    frag_packets: n,
-                    ..Default::default()
-                },
-            )])
+            let mut drops = HashMap::new();
+            drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
+            drops.insert(key(NEW, 2, 3, 0xffff_ffff_8100_1004), packets(n));
+            drops
         };
-        let mut drops = HashMap::new();
-        drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(1));
+        let ifs = HashMap::new();
         // Not listed yet: the named pod's namespace is exported at once, the new one waits.
-        c.update(&drops, &rx(3), &HashMap::new(), Some(&topo()), t0);
+        c.update(&rx(3), &ifs, &HashMap::new(), Some(&topo()), t0);
         let text = c.text();
         assert!(text.contains(r#"pod="web-0""#), "{text}");
         assert!(!text.contains(r#"netns="4026532200""#), "{text}");
@@ -1004,10 +1075,10 @@ mod tests {
             }],
         );
         // Listed, devices named, no owner: its labels will not get better by waiting, so
-        // everything is exported at once under the device's name.
+        // everything is exported at once.
         c.update(
-            &drops,
             &rx(5),
+            &ifs,
             &HashMap::new(),
             Some(&t),
             t0 + NAMING_GRACE / 2,
@@ -1015,11 +1086,107 @@ mod tests {
         let text = c.text();
         assert!(
             text.contains(
-                "fathom_ip_fragments_total{namespace=\"\",pod=\"\",netns=\"4026532200\",device=\"eth0\",direction=\"rx\"} 5\n"
+                "fathom_packet_drops_total{namespace=\"\",pod=\"\",netns=\"4026532200\",reason=\"NO_SOCKET\"} 5\n"
             ),
-            "everything under the device's name: {text}"
+            "everything counted so far: {text}"
         );
-        assert!(!text.contains("if2"), "{text}");
+    }
+
+    #[test]
+    fn timeouts_are_the_expiry_counts_while_the_expiry_program_runs() {
+        let mut owners = FixedOwners::default();
+        owners
+            .pods
+            .insert(POD_NS, pod("uid", Some("web-0"), Some("shop")));
+        let (c, _) = counters(owners, true);
+        let mut drops = HashMap::new();
+        // Timed-out fragments' drops (head and purged rest) are no failures then...
+        drops.insert(key(POD_NS, 0, 40, 0xffff_ffff_8100_0810), packets(3));
+        drops.insert(key(POD_NS, 0, 40, 0xffff_ffff_8100_0a10), packets(5));
+        // ... the expired queues are (two, one of them without its first fragment).
+        let expired = HashMap::from([(
+            ExpireKey {
+                netns: POD_NS,
+                family: 4,
+                netns_cookie: 77,
+            },
+            2u64,
+        )]);
+        let drops = with_expiries(drops, &expired);
+        c.0.update(
+            &drops,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            true,
+            Instant::now(),
+        );
+        let text = c.text();
+        assert!(
+            text.contains(
+                "fathom_ip_reassembly_failures_total{namespace=\"shop\",pod=\"web-0\",netns=\"4026532100\",cause=\"timeout\"} 2\n"
+            ),
+            "{text}"
+        );
+        // The expiries are not drops.
+        assert!(
+            text.contains(
+                "fathom_packet_drops_total{namespace=\"shop\",pod=\"web-0\",netns=\"4026532100\",reason=\"FRAG_REASM_TIMEOUT\"} 8\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("fathom_packet_drops_total{").count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_new_namespace_with_a_reused_inode_never_adds_to_the_gone_ones_counts() {
+        let mut owners = FixedOwners::default();
+        owners.pods.insert(POD_NS, pod("uid", Some("web-0"), None));
+        let (c, _) = counters(owners, true);
+        let t0 = Instant::now();
+        let k = |cookie| DropKey {
+            netns_cookie: cookie,
+            ..key(POD_NS, 3, 3, 0xffff_ffff_8100_1004)
+        };
+        let line = |n: u64| {
+            format!(
+                "fathom_packet_drops_total{{namespace=\"\",pod=\"web-0\",netns=\"4026532100\",reason=\"NO_SOCKET\"}} {n}\n"
+            )
+        };
+        c.update(
+            &HashMap::from([(k(10), packets(5))]),
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0,
+        );
+        assert!(c.text().contains(&line(5)), "{}", c.text());
+        // The namespace is gone, a new one got its inode (cookie 11) and dropped 2 packets;
+        // the gone one's key (cookie 10) is still in the map and grew once more.
+        let both = HashMap::from([(k(10), packets(6)), (k(11), packets(2))]);
+        c.update(
+            &both,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0 + Duration::from_secs(1),
+        );
+        let text = c.text();
+        assert!(text.contains(&line(2)), "only the new namespace's: {text}");
+        // Later readings keep them apart; cookie-less keys (old kernels) are left alone.
+        let later = HashMap::from([(k(10), packets(9)), (k(11), packets(3))]);
+        c.update(
+            &later,
+            &HashMap::new(),
+            &HashMap::new(),
+            Some(&topo()),
+            t0 + Duration::from_secs(2),
+        );
+        assert!(c.text().contains(&line(3)), "{}", c.text());
     }
 
     #[test]

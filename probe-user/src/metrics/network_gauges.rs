@@ -4,6 +4,12 @@
 //!   namespace's IP fragment queues (sockstat `FRAG:` / `FRAG6:` `memory`) against its
 //!   `ipfrag_high_thresh` / `ip6frag_high_thresh`, above which every new fragment is dropped
 //!   (`cause="queue_overflow"`). `family` is `ipv4` or `ipv6` (absent when IPv6 is off).
+//! - `fathom_ip_fragments_total{namespace,pod,netns,direction}` (a counter): the namespace's
+//!   own SNMP counters read in the same visit, IPv4 + IPv6 — `tx` = `FragCreates`, `rx` =
+//!   `ReasmReqds` — as the kernel counts them since the namespace was created. No BPF
+//!   program runs per packet for them, and fragments a namespace's bridge forwards or floods
+//!   are not its own. `netns` is kept without workload labels (a sum over namespaces would
+//!   go backwards when one goes); namespaces that never fragmented have no series.
 //! - `fathom_interface_mtu_bytes{netns,device}` of every VXLAN device and of its underlay;
 //! - `fathom_overlay_mtu_mismatch{netns,device,vni,underlay}`: 1 while the VXLAN device's MTU
 //!   exceeds the path MTU to one of its remotes through that underlay minus the encapsulation
@@ -34,7 +40,7 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{MetricType, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Unit,
 };
 use tracing::warn;
@@ -69,6 +75,31 @@ fn queue_series(
             let e = out.entry((labels.clone(), family)).or_default();
             e.0 += q.memory_bytes;
             e.1 += q.high_thresh;
+        }
+    }
+    out
+}
+
+/// `fathom_ip_fragments_total` values: per namespace and direction, non-zero only.
+fn fragment_series(
+    fragmem: &FragMemMap,
+    topology: Option<&TopologySnapshot>,
+    labeler: &mut NetnsLabeler<'_>,
+) -> BTreeMap<(NetnsLabels, &'static str), u64> {
+    let mut out = BTreeMap::new();
+    let listed = ListedNetns::new(topology);
+    for (&netns, mem) in fragmem.iter() {
+        let Some(c) = mem.counters else { continue };
+        if !listed.alive(&netns_anchor(netns)) {
+            continue;
+        }
+        let (mut labels, _) = labeler.labels(netns);
+        labels.netns = netns_label(netns);
+        let t = c.totals();
+        for (dir, v) in [("tx", t.tx_fragments), ("rx", t.rx_fragments)] {
+            if v > 0 {
+                out.insert((labels.clone(), dir), v);
+            }
         }
     }
     out
@@ -189,6 +220,20 @@ impl NetworkGauges {
                 ConstGauge::new(pick(v))
                     .encode(f.encode_family(&ns.with(&[("family", *family)]))?)?;
             }
+        }
+
+        let fragments = fragmem
+            .map(|f| fragment_series(f, topology, &mut labeler))
+            .unwrap_or_default();
+        let mut f = encoder.encode_descriptor(
+            "fathom_ip_fragments",
+            "IPv4/IPv6 fragments the network namespace's IP layer made (tx: FragCreates) and queued for reassembly (rx: ReasmReqds), the kernel's own counters",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((ns, dir), v) in &fragments {
+            let [a, b, c] = ns.pairs();
+            ConstCounter::new(*v).encode(f.encode_family(&[a, b, c, ("direction", *dir)])?)?;
         }
 
         let mut f = encoder.encode_descriptor(
@@ -338,6 +383,7 @@ mod tests {
                 netns: HOST,
                 ipv4: q(0, 4 << 20),
                 ipv6: Some(q(0, 4 << 20)),
+                counters: None,
             },
         );
         fragmem.insert(
@@ -346,6 +392,17 @@ mod tests {
                 netns: POD_NS,
                 ipv4: q(896, 1024),
                 ipv6: None,
+                counters: Some(crate::net::FragCounters {
+                    ipv4: crate::net::IpSnmp {
+                        frag_creates: 6,
+                        reasm_reqds: 0,
+                        ..Default::default()
+                    },
+                    ipv6: Some(crate::net::IpSnmp {
+                        frag_creates: 2,
+                        ..Default::default()
+                    }),
+                }),
             },
         );
         // A namespace the topology no longer lists.
@@ -355,6 +412,7 @@ mod tests {
                 netns: 7,
                 ipv4: q(1, 2),
                 ipv6: None,
+                counters: Some(crate::net::FragCounters::default()),
             },
         );
         let mut registry = prometheus_client::registry::Registry::default();
@@ -397,6 +455,41 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("fathom_ip_fragment_queue_bytes{").count(), 2);
+    }
+
+    #[test]
+    fn fragments_are_the_namespaces_snmp_counters() {
+        for (workload, line) in [
+            (
+                true,
+                r#"fathom_ip_fragments_total{namespace="shop",pod="web-0",netns="4026532100",direction="tx"} 8"#,
+            ),
+            // netns stays: a sum over namespaces would go backwards when one goes.
+            (
+                false,
+                r#"fathom_ip_fragments_total{namespace="",pod="",netns="4026532100",direction="tx"} 8"#,
+            ),
+        ] {
+            let text = text(workload);
+            assert!(
+                text.contains(&format!(
+                    "{line}
+"
+                )),
+                "{line}
+{text}"
+            );
+            // No series at 0 (rx here, the host without counters) or for a gone namespace.
+            assert_eq!(
+                text.matches("fathom_ip_fragments_total{").count(),
+                1,
+                "{text}"
+            );
+            assert!(
+                text.contains("# TYPE fathom_ip_fragments_total counter"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

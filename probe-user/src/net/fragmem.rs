@@ -1,6 +1,9 @@
 //! Per-namespace IP fragment reassembly state, read from procfs *inside* the namespace:
 //! queue memory in use against its limits, and the kernel's own reassembly / fragmentation
-//! counters (used to cross-check the BPF counts).
+//! counters — the source of fathom's per-namespace fragment totals (tx fragments =
+//! `FragCreates`, tx datagrams = `FragOKs`, rx fragments = `ReasmReqds`, rx datagrams =
+//! `ReasmOKs`, IPv4 + IPv6): they count what the namespace's own IP layer fragmented and
+//! queued, never what its bridges forward or flood, and cost nothing per packet.
 //!
 //! Which namespace procfs answers for:
 //! - `/proc/net/*` is a symlink to `/proc/self/net`, which shows the namespace of the
@@ -58,6 +61,54 @@ pub struct FragMem {
     pub ipv4: FragQueueMem,
     /// None when IPv6 is disabled (no sockstat6 / ip6frag sysctls).
     pub ipv6: Option<FragQueueMem>,
+    /// The namespace's fragmentation / reassembly counters, read in the same visit (None
+    /// when /proc/net/snmp could not be read or parsed).
+    pub counters: Option<FragCounters>,
+}
+
+/// `/proc/net/snmp` `Ip:` and `/proc/net/snmp6` `Ip6*` fragment counters of one namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FragCounters {
+    pub ipv4: IpSnmp,
+    /// None when IPv6 is disabled.
+    pub ipv6: Option<IpSnmp>,
+}
+
+impl FragCounters {
+    /// IPv4 + IPv6 sums: (tx fragments, tx datagrams fragmented, rx fragments, rx datagrams
+    /// reassembled) = (FragCreates, FragOKs, ReasmReqds, ReasmOKs).
+    pub fn totals(&self) -> FragTotals {
+        let v6 = self.ipv6.unwrap_or_default();
+        FragTotals {
+            tx_fragments: self.ipv4.frag_creates + v6.frag_creates,
+            tx_datagrams: self.ipv4.frag_oks + v6.frag_oks,
+            rx_fragments: self.ipv4.reasm_reqds + v6.reasm_reqds,
+            rx_datagrams: self.ipv4.reasm_oks + v6.reasm_oks,
+        }
+    }
+}
+
+/// See [`FragCounters::totals`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FragTotals {
+    pub tx_fragments: u64,
+    pub tx_datagrams: u64,
+    pub rx_fragments: u64,
+    pub rx_datagrams: u64,
+}
+
+impl FragTotals {
+    /// Growth from `before` (a namespace fathom had not seen counts from 0). Saturating: a
+    /// namespace whose inode was reused starts lower than the gone one did.
+    pub fn since(&self, before: Option<&FragTotals>) -> FragTotals {
+        let b = before.copied().unwrap_or_default();
+        FragTotals {
+            tx_fragments: self.tx_fragments.saturating_sub(b.tx_fragments),
+            tx_datagrams: self.tx_datagrams.saturating_sub(b.tx_datagrams),
+            rx_fragments: self.rx_fragments.saturating_sub(b.rx_fragments),
+            rx_datagrams: self.rx_datagrams.saturating_sub(b.rx_datagrams),
+        }
+    }
 }
 
 /// Reassembly and fragmentation counters of one family (RFC 4293 names).
@@ -222,7 +273,22 @@ pub fn read_fragmem_here(netns: NetnsInode) -> Result<FragMem, NetError> {
     } else {
         None
     };
-    Ok(FragMem { netns, ipv4, ipv6 })
+    let counters = match read_snmp_here(netns) {
+        Ok(s) => Some(FragCounters {
+            ipv4: s.ipv4,
+            ipv6: s.ipv6,
+        }),
+        Err(e) => {
+            tracing::debug!(netns, error = %e, "snmp counters not read");
+            None
+        }
+    };
+    Ok(FragMem {
+        netns,
+        ipv4,
+        ipv6,
+        counters,
+    })
 }
 
 /// Reads /proc/net/snmp (and snmp6) of the **calling thread's** namespace.
@@ -345,9 +411,49 @@ Tcp: 1 200 120000 -1
     }
 
     #[test]
+    fn fragment_totals_sum_families_and_grow_from_a_baseline() {
+        let c = FragCounters {
+            ipv4: IpSnmp {
+                frag_creates: 12,
+                frag_oks: 4,
+                reasm_reqds: 40,
+                reasm_oks: 10,
+                ..Default::default()
+            },
+            ipv6: Some(IpSnmp {
+                frag_creates: 3,
+                frag_oks: 1,
+                reasm_reqds: 2,
+                reasm_oks: 1,
+                ..Default::default()
+            }),
+        };
+        let t = c.totals();
+        assert_eq!(
+            t,
+            FragTotals {
+                tx_fragments: 15,
+                tx_datagrams: 5,
+                rx_fragments: 42,
+                rx_datagrams: 11
+            }
+        );
+        let before = FragTotals {
+            tx_fragments: 10,
+            tx_datagrams: 5,
+            rx_fragments: 50,
+            rx_datagrams: 0,
+        };
+        let d = t.since(Some(&before));
+        assert_eq!((d.tx_fragments, d.tx_datagrams, d.rx_fragments), (5, 0, 0));
+        assert_eq!(t.since(None), t);
+    }
+
+    #[test]
     fn reads_own_namespace() {
         // Readable without privileges: the calling thread's own namespace.
         let f = read_fragmem_here(0).unwrap();
+        assert!(f.counters.is_some());
         assert!(f.ipv4.high_thresh > 0);
         assert!(f.ipv4.high_thresh >= f.ipv4.low_thresh);
         let s = read_snmp_here(0).unwrap();

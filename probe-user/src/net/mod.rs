@@ -21,6 +21,7 @@
 //! - [`topology`]: the [`Topology`] service: background refresh on netlink link events and
 //!   periodic rediscovery, snapshots and change events.
 
+pub mod cookie;
 pub mod fdb;
 pub mod fragmem;
 pub mod links;
@@ -34,7 +35,7 @@ pub mod topology;
 use std::io;
 use std::path::PathBuf;
 
-pub use fragmem::{FragMem, FragQueueMem, IpSnmp, SnmpSnapshot};
+pub use fragmem::{FragCounters, FragMem, FragQueueMem, FragTotals, IpSnmp, SnmpSnapshot};
 pub use links::{Link, UnderlayFamily, UnderlayRef, UnderlaySource, VxlanConfig};
 pub use mtu::MtuMismatch;
 pub use netns::{NetnsHandle, NetnsInfo, NetnsRegistry, run_in_netns};

@@ -480,6 +480,14 @@ impl Topology {
         {
             return Ok(v.clone());
         }
+        let v = self.fragmem_now().await?;
+        *cache = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// [`Self::fragmem`] read now, bypassing (and not filling) the cache: for readings that
+    /// must postdate an event, such as a capture's closing fragment totals.
+    pub async fn fragmem_now(&self) -> Result<FragMemMap, NetError> {
         let res = run_in_each_netns_async(self.handles(), |h| read_fragmem_here(h.inode())).await?;
         let mut map = BTreeMap::new();
         for (ino, r) in res {
@@ -497,9 +505,7 @@ impl Topology {
                 }
             }
         }
-        let v = Arc::new(map);
-        *cache = Some((Instant::now(), v.clone()));
-        Ok(v)
+        Ok(Arc::new(map))
     }
 
     /// Fragment-queue memory of one namespace (through the same cache).

@@ -128,11 +128,12 @@ fn exported_drops(exposition: &str, inode: u32) -> Option<u64> {
     found
 }
 
-/// The namespace's UDP drops by reason.
+/// The namespace's IPv4 drops by reason (the storm's datagrams; the count keys no longer
+/// carry the IP protocol: the drop program reads the header only for samples).
 fn udp_by_reason(c: &Counters) -> BTreeMap<u32, u64> {
     let mut m = BTreeMap::new();
-    for ((reason, l4), n) in &c.netns_drops {
-        if *l4 == libc::IPPROTO_UDP as u8 {
+    for ((reason, l3), n) in &c.netns_drops {
+        if *l3 == 0x0800 {
             *m.entry(*reason).or_default() += n;
         }
     }

@@ -14,7 +14,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use probe_common::{
-    Counter, DropKey, EventKind, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN, PacketDropEvent,
+    Counter, DropKey, EventKind, LastDrop, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN,
+    PacketDropEvent,
 };
 
 use super::{
@@ -174,7 +175,7 @@ pub struct Counters {
     pub ring_consumer: u64,
     pub ring_producer: u64,
     /// `DROPS` packets of one network namespace by (reason, IP protocol).
-    pub netns_drops: BTreeMap<(u32, u8), u64>,
+    pub netns_drops: BTreeMap<(u32, u16), u64>,
 }
 
 impl FathomKernel {
@@ -237,9 +238,30 @@ impl FathomKernel {
                 continue;
             }
             let reason = bpf::u32_at(&e.key, offset_of!(DropKey, reason));
-            let l4 = e.key[offset_of!(DropKey, l4_proto)];
-            *c.netns_drops.entry((reason, l4)).or_default() +=
+            let l3 = l3_at(&e.key);
+            *c.netns_drops.entry((reason, l3)).or_default() +=
                 bpf::per_cpu_sum(&e, offset_of!(Counter, packets));
+        }
+        // The drop program's per-CPU last-key slots hold the counts not yet in DROPS (read
+        // after DROPS, as fathom does: a race can only miss a count, never add one twice).
+        if let Ok(id) = self.map("LAST_DROP") {
+            for e in bpf::dump(id)? {
+                for v in &e.values {
+                    if v.len() < size_of::<LastDrop>() {
+                        bail!("LAST_DROP value is {} bytes", v.len());
+                    }
+                    let key = &v[..size_of::<DropKey>()];
+                    if bpf::u32_at(key, offset_of!(DropKey, netns)) != netns {
+                        continue;
+                    }
+                    let reason = bpf::u32_at(key, offset_of!(DropKey, reason));
+                    let packets = bpf::u64_at(
+                        v,
+                        offset_of!(LastDrop, count) + offset_of!(Counter, packets),
+                    );
+                    *c.netns_drops.entry((reason, l3_at(key))).or_default() += packets;
+                }
+            }
         }
         (c.ring_consumer, c.ring_producer) = self.ring.read();
         Ok(c)
@@ -263,6 +285,12 @@ impl FathomKernel {
             last = now;
         }
     }
+}
+
+/// `DropKey::l3_proto` of a key's bytes.
+fn l3_at(key: &[u8]) -> u16 {
+    let o = offset_of!(DropKey, l3_proto);
+    u16::from_ne_bytes([key[o], key[o + 1]])
 }
 
 #[cfg(test)]

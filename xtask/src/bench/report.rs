@@ -139,6 +139,8 @@ pub struct Results {
     /// `fathom serve` under a flood of idle and half-request connections.
     pub conn_flood: Option<super::conn_flood::ConnFlood>,
     pub startup: Startup,
+    /// Healthy traffic, fathom off and on (see `healthy`).
+    pub healthy: Vec<super::healthy::Healthy>,
     /// The flood daemon's closing line `fathom: N events, M lost` (its whole life).
     pub closing_line: Option<(u64, u64)>,
     pub errors: Vec<String>,
@@ -480,9 +482,56 @@ impl Results {
         rows
     }
 
+    fn healthy_rows(&self) -> Vec<Row> {
+        self.healthy
+            .iter()
+            .map(|h| {
+                let figure = format!("healthy {} {}: fathom off / on", h.path, h.traffic);
+                let measured = if h.traffic == "tcp_stream" {
+                    format!("{:.2} / {:.2} Gbit/s", h.off / 1e9, h.on / 1e9)
+                } else {
+                    format!(
+                        "{:.1} / {:.1} us RTT (p99 {:.1} / {:.1})",
+                        h.off,
+                        h.on,
+                        h.p99_off.unwrap_or(f64::NAN),
+                        h.p99_on.unwrap_or(f64::NAN)
+                    )
+                };
+                let progs = h
+                    .programs
+                    .iter()
+                    .map(|(n, r, ns)| format!("{n} {r:.2}x {ns:.0} ns"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let runs = h.runs_per_packet();
+                let how = format!(
+                    "{runs:.2} runs, {:.0} kernel ns per packet{}",
+                    h.ns_per_packet(),
+                    if progs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {progs}")
+                    }
+                );
+                row(
+                    &figure,
+                    measured,
+                    "0 program runs per packet (veth)",
+                    if h.path == "veth" {
+                        met(runs < 0.01, how)
+                    } else {
+                        how
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Prints the table (and the errors) on stdout.
     pub fn print(&self) {
-        let rows = self.rows();
+        let mut rows = self.rows();
+        rows.extend(self.healthy_rows());
         let w =
             |f: fn(&Row) -> &String| rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0);
         let (w0, w1, w2) = (w(|r| &r.0), w(|r| &r.1), w(|r| &r.2));
@@ -588,6 +637,7 @@ impl Results {
                 "rate_without_fathom_per_s": self.rate_without_fathom,
                 "daemon_closing_line": closing,
             },
+            "healthy": self.healthy.iter().map(|h| h.to_json()).collect::<Vec<_>>(),
             "daemon": {
                 "cpu_s_per_million_events": daemon.map(|d| d.cpu_s_per_million),
                 "peak_rss_bytes": daemon.map(|d| d.peak_rss),
