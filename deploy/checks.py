@@ -572,7 +572,10 @@ def exported_families() -> dict[str, tuple[str, str]]:
             for base in resolve_name(args[0], src, m.start(), path):
                 bases.add(base)
                 name = base + (f"_{unit}" if unit and not base.endswith(f"_{unit}") else "")
-                for suffix in SUFFIX[type_m.group(1)][:1]:
+                # A histogram is one family (`# TYPE <name> histogram`) queried through its
+                # _bucket/_sum/_count series: keyed by its name (see family_of).
+                suffixes = [""] if type_m.group(1) == "Histogram" else SUFFIX[type_m.group(1)][:1]
+                for suffix in suffixes:
                     families[name + suffix] = (type_m.group(1).lower(), path.name)
     unaccounted = sorted(set(literals) - bases)
     if unaccounted:
@@ -595,9 +598,20 @@ def used_names() -> dict[str, set[str]]:
     return used
 
 
+def family_of(name: str, families: dict[str, tuple[str, str]]) -> str:
+    """The family a queried series name belongs to (a histogram's _bucket/_sum/_count → it)."""
+    for suffix in SUFFIX["Histogram"]:
+        base = name[: -len(suffix)]
+        if name.endswith(suffix) and families.get(base, ("",))[0] == "histogram":
+            return base
+    return name
+
+
 def cmd_metric_names() -> str:
     families = exported_families()
-    used = used_names()
+    used: dict[str, set[str]] = {}
+    for name, where in used_names().items():
+        used.setdefault(family_of(name, families), set()).update(where)
     problems = []
     for name, where in sorted(used.items()):
         if name not in families:

@@ -9,9 +9,11 @@
 
 pub mod net;
 pub mod oom;
+pub mod pressure;
 
 pub use net::*;
 pub use oom::*;
+pub use pressure::*;
 
 /// Tag at the start of every ring-buffer record; tells userspace how to decode the rest.
 #[repr(u32)]

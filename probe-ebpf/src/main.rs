@@ -19,6 +19,7 @@ mod maps;
 mod netdev;
 mod netns;
 mod oom;
+mod reclaim;
 
 use probe_common::{KernelOffsets, NetConfig, NetOffsets};
 

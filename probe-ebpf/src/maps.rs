@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_SLOTS, NetContext, VxlanDev,
+    Counter, DevKey, DropKey, IfCounters, IfKey, NET_STAT_SLOTS, NetContext, RECLAIM_STAT_SLOTS,
+    ReclaimKey, ReclaimStall, VxlanDev,
 };
 
 /// Ring buffer of event records (`probe_common::EventHeader` first). 1 MiB: an OOM record is
@@ -90,4 +91,30 @@ pub fn count_suppressed(kind: u32) {
 #[inline(always)]
 pub fn net_stat(slot: u32) {
     bump(&NET_STATS, slot);
+}
+
+/// Reclaim stalls by (memory cgroup, kind): count, total and log2 histogram of durations.
+#[map]
+pub static RECLAIM: PerCpuHashMap<ReclaimKey, ReclaimStall> =
+    PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Start of the reclaim a thread is in, per kind (kept apart so that one kind nested in the
+/// other cannot overwrite the outer start).
+#[repr(C)]
+pub struct ReclaimStartKey {
+    pub tid: u32,
+    pub kind: u32,
+}
+
+/// `bpf_ktime_get_ns()` at the begin tracepoint, per (thread, kind).
+#[map]
+pub static RECLAIM_START: LruHashMap<ReclaimStartKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Health counters of the reclaim programs (`RECLAIM_STAT_*` slots).
+#[map]
+pub static RECLAIM_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RECLAIM_STAT_SLOTS, 0);
+
+#[inline(always)]
+pub fn reclaim_stat(slot: u32) {
+    bump(&RECLAIM_STATS, slot);
 }

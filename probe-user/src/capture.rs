@@ -37,6 +37,8 @@ pub enum Kind {
     Frag,
     /// VXLAN: MTU mismatches and drops on VXLAN devices or of VXLAN packets.
     Vxlan,
+    /// Memory pressure: memory cgroups stalling in reclaim above `--stall-threshold`.
+    Pressure,
 }
 
 #[derive(Clone, Debug)]
@@ -63,7 +65,13 @@ pub struct CaptureOptions {
     /// Also write the dropped packets as pcapng here (`-`: to stdout, the events then go to
     /// stderr).
     pub pcap: Option<std::path::PathBuf>,
+    /// `memory_pressure` events for memory cgroups stalling in reclaim at least this many
+    /// seconds per second (0.1 = 100 ms/s).
+    pub stall_threshold: f64,
 }
+
+/// Default of `--stall-threshold`: 100 ms of reclaim stall per second.
+pub const DEFAULT_STALL_THRESHOLD: f64 = 0.1;
 
 impl Default for CaptureOptions {
     fn default() -> Self {
@@ -82,6 +90,7 @@ impl Default for CaptureOptions {
             attribution: AttributionConfig::default(),
             netns: None,
             pcap: None,
+            stall_threshold: DEFAULT_STALL_THRESHOLD,
         }
     }
 }
@@ -110,13 +119,14 @@ impl EventFilter {
                             || d.packet.as_ref().is_some_and(|p| p.vxlan.is_some())))
             }
             Event::MtuMismatch(_) => want(Kind::Vxlan),
+            Event::MemoryPressure(_) => want(Kind::Pressure),
         };
         if !kind_ok {
             return false;
         }
         if let Some(want) = self.netns {
             let netns = match event {
-                Event::OomKill(_) => None,
+                Event::OomKill(_) | Event::MemoryPressure(_) => None,
                 Event::PacketDrop(d) => Some(d.netns),
                 Event::MtuMismatch(m) => Some(m.mismatch.netns),
             };
@@ -147,6 +157,7 @@ fn workload_of(event: &Event) -> &Workload {
         Event::OomKill(e) => &e.workload,
         Event::PacketDrop(e) => &e.workload,
         Event::MtuMismatch(e) => &e.workload,
+        Event::MemoryPressure(e) => &e.workload,
     }
 }
 
@@ -207,6 +218,7 @@ impl<W: Write> Renderer<W> {
             Event::OomKill(e) => self.oom(e),
             Event::PacketDrop(e) => self.drop(e),
             Event::MtuMismatch(e) => self.mismatch(e),
+            Event::MemoryPressure(e) => self.write(e, || pressure_row(e)),
         }
     }
 
@@ -290,6 +302,12 @@ impl<W: Write> Renderer<W> {
                     "events: {} shown, {} suppressed by the rate limit, {} lost (ring full)",
                     s.events_shown, s.events_suppressed, s.events_lost
                 )?;
+                let p = &s.pressure_events;
+                writeln!(
+                    self.out,
+                    "memory_pressure events: {} delivered, {} suppressed by the rate limit, {} lost",
+                    p.delivered, p.suppressed, p.lost
+                )?;
             }
         }
         self.out.flush()
@@ -308,6 +326,17 @@ pub struct Summary {
     pub events_suppressed: u64,
     /// Events the full ring buffer refused.
     pub events_lost: u64,
+    /// `memory_pressure` events: produced and handed to the output (then filtered like every
+    /// event), refused by the per-second limit, lost (made in userspace: never).
+    pub pressure_events: PressureEventTotals,
+}
+
+/// See [`Summary::pressure_events`].
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PressureEventTotals {
+    pub delivered: u64,
+    pub suppressed: u64,
+    pub lost: u64,
 }
 
 /// Human-readable byte count (binary units).
@@ -486,6 +515,34 @@ fn drop_row(e: &PacketDrop) -> String {
     )
 }
 
+fn pressure_row(e: &crate::pressure::PressureEvent) -> String {
+    let place = workload_label(&e.workload).unwrap_or_else(|| {
+        if e.cgroup.is_empty() {
+            format!("memcg {}", e.cgroup_id)
+        } else {
+            e.cgroup.clone()
+        }
+    });
+    let usage = match (e.usage_bytes, e.limit_bytes) {
+        (Some(u), Some(l)) => format!(" usage={}/{}", human_bytes(u), human_bytes(l)),
+        (Some(u), None) => format!(" usage={}/max", human_bytes(u)),
+        _ => String::new(),
+    };
+    let hits = e
+        .limit_hits
+        .map(|h| format!(" limit_hits={h}"))
+        .unwrap_or_default();
+    format!(
+        "{:<12} {:<18} {:<40} stall={:.0}ms/s ({:.3}s in {:.1}s){usage}{hits}",
+        time_col(&e.time),
+        e.kind,
+        place,
+        e.stall_per_second * 1000.0,
+        e.stall_seconds,
+        e.interval_seconds,
+    )
+}
+
 fn mismatch_row(e: &MtuMismatchEvent) -> String {
     let m = &e.mismatch;
     let place =
@@ -590,6 +647,8 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
             drop_events_burst: opts.drop_events_burst,
         },
         attribution: opts.attribution.clone(),
+        pressure_threshold: (opts.kinds.is_empty() || opts.kinds.contains(&Kind::Pressure))
+            .then_some(opts.stall_threshold),
         ..PipelineConfig::default()
     })?;
     // The first topology scan names the devices of the namespaces that exist already; wait
@@ -650,12 +709,18 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
                     .totals(&drops, &ifs, snap.as_deref()))
             })?;
         let suppressed = kernel.events_suppressed().iter().map(|s| s.count).sum();
+        let p = pipeline.pressure_events();
         let summary = Summary {
             kind: "summary",
             totals,
             events_shown: sink.printed,
             events_suppressed: suppressed,
             events_lost: lost,
+            pressure_events: PressureEventTotals {
+                delivered: p.delivered,
+                suppressed: p.suppressed,
+                lost: 0,
+            },
         };
         if let Err(e) = sink.renderer.summary(&summary)
             && e.kind() != std::io::ErrorKind::BrokenPipe

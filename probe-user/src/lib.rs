@@ -26,6 +26,7 @@ pub mod oom;
 pub mod packet;
 pub mod pcap;
 pub mod pipeline;
+pub mod pressure;
 pub mod privileges;
 pub mod serve;
 

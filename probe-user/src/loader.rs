@@ -53,6 +53,28 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         hook: Hook::BtfTracepoint("netif_receive_skb"),
         family: "net",
     },
+    // Reclaim stalls (probe-ebpf/src/reclaim.rs): each begin/end pair only counts when both
+    // halves attach; the tracepoints exist from before 5.10 on (memcg ones need CONFIG_MEMCG).
+    ProgramSpec {
+        name: "memcg_reclaim_begin",
+        hook: Hook::BtfTracepoint("mm_vmscan_memcg_reclaim_begin"),
+        family: "pressure",
+    },
+    ProgramSpec {
+        name: "memcg_reclaim_end",
+        hook: Hook::BtfTracepoint("mm_vmscan_memcg_reclaim_end"),
+        family: "pressure",
+    },
+    ProgramSpec {
+        name: "direct_reclaim_begin",
+        hook: Hook::BtfTracepoint("mm_vmscan_direct_reclaim_begin"),
+        family: "pressure",
+    },
+    ProgramSpec {
+        name: "direct_reclaim_end",
+        hook: Hook::BtfTracepoint("mm_vmscan_direct_reclaim_end"),
+        family: "pressure",
+    },
 ];
 
 /// Settings for loading.

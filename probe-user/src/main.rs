@@ -50,7 +50,8 @@ enum Command {
         /// Stop after this many events (after filters).
         #[arg(long)]
         count: Option<u64>,
-        /// Only these event families (repeat or comma-separate): oom, drop, frag, vxlan.
+        /// Only these event families (repeat or comma-separate): oom, drop, frag, vxlan,
+        /// pressure.
         #[arg(long, value_enum, value_delimiter = ',')]
         kind: Vec<capture::Kind>,
         /// Only drops with these reasons, as the kernel names them (e.g. NO_SOCKET,
@@ -86,6 +87,10 @@ enum Command {
         /// Burst allowance of that rate limit.
         #[arg(long, default_value_t = 200, hide = true)]
         drop_events_burst: u64,
+        /// memory_pressure events for memory cgroups stalling in reclaim at least this much
+        /// per second: `100ms/s`, `0.1` (seconds per second) or `10%`.
+        #[arg(long, value_parser = parse_stall_threshold, default_value = "100ms/s")]
+        stall_threshold: f64,
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
@@ -131,6 +136,30 @@ enum Command {
         #[arg(long, default_value = Btf::VMLINUX, hide = true)]
         btf: String,
     },
+}
+
+/// `--stall-threshold`: `<duration>/s` (`100ms/s`), a percentage (`10%`) or a fraction of a
+/// second per second (`0.1`). Must be > 0; it may exceed 1 s/s, since the stalls of a
+/// cgroup's tasks add up.
+fn parse_stall_threshold(arg: &str) -> Result<f64, String> {
+    let a = arg.trim();
+    let v = if let Some(d) = a.strip_suffix("/s") {
+        humantime::parse_duration(d)
+            .map_err(|e| format!("'{d}' is not a duration ({e}); e.g. 100ms/s"))?
+            .as_secs_f64()
+    } else if let Some(p) = a.strip_suffix('%') {
+        p.parse::<f64>()
+            .map_err(|_| format!("'{p}' is not a number; e.g. 10%"))?
+            / 100.0
+    } else {
+        a.parse::<f64>()
+            .map_err(|_| format!("'{a}' is not a threshold; e.g. 100ms/s, 10% or 0.1"))?
+    };
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("'{a}' must be more than 0 (e.g. 100ms/s)"))
+    }
 }
 
 /// Runtime sockets for attribution; an empty path disables that runtime.
@@ -241,8 +270,10 @@ fn main() -> ExitCode {
             summary,
             drop_events_per_sec,
             drop_events_burst,
+            stall_threshold,
             btf,
         } => rt.block_on(capture::run(capture::CaptureOptions {
+            stall_threshold,
             netns: netns.and(netns_ino),
             pcap,
             output,

@@ -91,6 +91,9 @@ pub struct OomKill {
     /// them): top-level `"container"` / `"pod"` keys, absent when unknown.
     #[serde(flatten)]
     pub workload: Workload,
+    /// The victim memory cgroup's pressure just before the kill (filled in by the pipeline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<Box<crate::pressure::OomPressure>>,
     /// The cgroup path the workload was derived from (the v2 path, or the memcg path on hybrid
     /// hosts where the runtime only joined v1 controllers).
     #[serde(skip)]
@@ -227,6 +230,7 @@ impl OomInterpreter {
             },
             total_vm_bytes: bytes(k.total_vm_pages),
             workload,
+            pressure: None,
             attribution_path,
         }
     }

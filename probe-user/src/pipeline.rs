@@ -59,6 +59,8 @@ pub enum Event {
     /// A sampled packet drop (`kind` `packet_drop` or `reassembly_failure`).
     PacketDrop(PacketDrop),
     MtuMismatch(MtuMismatchEvent),
+    /// A memory cgroup whose reclaim stall crossed the capture's threshold.
+    MemoryPressure(crate::pressure::PressureEvent),
 }
 
 /// What the pipeline starts besides the kernel programs.
@@ -74,6 +76,9 @@ pub struct PipelineConfig {
     /// Delete the counter-map keys of network namespaces that are gone (the exporter); a
     /// capture keeps them for its closing summary.
     pub forget_removed_netns: bool,
+    /// Emit [`Event::MemoryPressure`] for memory cgroups stalling at least this many seconds
+    /// per second in reclaim (`None`: no such events).
+    pub pressure_threshold: Option<f64>,
 }
 
 impl Default for PipelineConfig {
@@ -84,8 +89,28 @@ impl Default for PipelineConfig {
             topology: true,
             oom_name_wait: Duration::from_millis(300),
             forget_removed_netns: false,
+            pressure_threshold: None,
         }
     }
+}
+
+/// How often the reclaim totals are sampled (pressure history, `memory_pressure` events).
+const PRESSURE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A gone memory cgroup's `RECLAIM` keys are deleted once its stall has not grown for this
+/// long (checked every minute; only where `forget_removed_netns` is set: the exporter).
+const RECLAIM_FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// `memory_pressure` events produced per sampling interval at most; the rest are counted as
+/// suppressed (the largest stalls go first).
+const PRESSURE_EVENTS_PER_INTERVAL: usize = 10;
+
+/// `memory_pressure` events produced (delivered to the sink) and refused by the rate limit.
+/// They are made in userspace, so none is ever lost to a full ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PressureEventCounts {
+    pub delivered: u64,
+    pub suppressed: u64,
 }
 
 /// How often mismatched VXLAN devices are checked for traffic that proves the mismatch.
@@ -333,6 +358,10 @@ pub struct Pipeline {
     forget_removed_netns: bool,
     /// Oversize counts last reported per mismatched VXLAN device.
     evidence: HashMap<(u32, u32), u64>,
+    pressure: crate::pressure::Tracker,
+    pressure_threshold: Option<f64>,
+    pressure_events: PressureEventCounts,
+    pressure_ticks: u64,
 }
 
 impl Pipeline {
@@ -364,6 +393,7 @@ impl Pipeline {
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| PipelineError::Ring(e.into_parts().1))?;
         let hier = Hierarchies::detect();
+        let pressure = crate::pressure::Tracker::new(hier.clone());
         let oom = OomInterpreter::new(
             BootClock::new(),
             page_size(),
@@ -389,7 +419,83 @@ impl Pipeline {
             oom_name_wait: cfg.oom_name_wait,
             forget_removed_netns: cfg.forget_removed_netns,
             evidence: HashMap::new(),
+            pressure,
+            pressure_threshold: cfg.pressure_threshold,
+            pressure_events: PressureEventCounts::default(),
+            pressure_ticks: 0,
         })
+    }
+
+    /// `memory_pressure` events delivered and suppressed so far.
+    pub fn pressure_events(&self) -> PressureEventCounts {
+        self.pressure_events
+    }
+
+    /// Samples the reclaim totals; with a threshold, the events of cgroups over it.
+    fn pressure_tick(&mut self) -> Vec<Event> {
+        let Ok(stalls) = self.kernel.with_ebpf(crate::pressure::kernel::stalls) else {
+            return Vec::new();
+        };
+        let now = std::time::Instant::now();
+        self.pressure.sample(now, &stalls);
+        self.pressure_ticks += 1;
+        if self.forget_removed_netns && self.pressure_ticks.is_multiple_of(60) {
+            let gone = self
+                .pressure
+                .gone_quiet(&stalls, now, RECLAIM_FORGET_AFTER, |id| {
+                    self.attributor
+                        .by_cgroup_id(Hierarchy::Memory, id)
+                        .is_some()
+                });
+            if !gone.is_empty()
+                && let Err(e) = self
+                    .kernel
+                    .with_ebpf_mut(|ebpf| crate::pressure::kernel::forget_memcgs(ebpf, &gone))
+            {
+                warn!(error = %e, "cannot remove gone memory cgroups' reclaim keys");
+            }
+        }
+        let Some(threshold) = self.pressure_threshold else {
+            return Vec::new();
+        };
+        let over = self.pressure.over_threshold(threshold);
+        let mut out = Vec::new();
+        for (i, (id, stall, interval)) in over.into_iter().enumerate() {
+            if i >= PRESSURE_EVENTS_PER_INTERVAL {
+                self.pressure_events.suppressed += 1;
+                continue;
+            }
+            let path = self
+                .attributor
+                .by_cgroup_id(Hierarchy::Memory, id)
+                .unwrap_or_default();
+            let files = self
+                .pressure
+                .dirs(&path)
+                .filter(|_| !path.is_empty() && path != "/")
+                .map(|d| d.read())
+                .unwrap_or_default();
+            let workload = if path.is_empty() {
+                Workload::default()
+            } else {
+                self.attributor.by_cgroup_path(&path)
+            };
+            self.pressure_events.delivered += 1;
+            out.push(Event::MemoryPressure(crate::pressure::PressureEvent {
+                time: jiff::Timestamp::now().to_string(),
+                kind: "memory_pressure",
+                cgroup: path,
+                cgroup_id: id,
+                stall_per_second: stall.as_secs_f64() / interval.as_secs_f64(),
+                stall_seconds: stall.as_secs_f64(),
+                interval_seconds: interval.as_secs_f64(),
+                limit_bytes: files.limit_bytes,
+                usage_bytes: files.usage_bytes,
+                limit_hits: files.limit_hits,
+                workload,
+            }));
+        }
+        out
     }
 
     /// Drop classification and naming, shared with collectors.
@@ -505,6 +611,16 @@ impl Pipeline {
         k
     }
 
+    /// The victim memcg's pressure just before the kill (read as the event arrives).
+    fn oom_pressure(&self, mut k: OomKill) -> OomKill {
+        let current = self.kernel.with_ebpf(crate::pressure::kernel::stalls).ok();
+        k.pressure = self
+            .pressure
+            .before_kill(&k, current.as_ref(), std::time::Instant::now())
+            .map(Box::new);
+        k
+    }
+
     /// The shared handle to the loaded programs and maps.
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
@@ -534,6 +650,8 @@ impl Pipeline {
             None => None,
         };
         let mut evidence_tick = tokio::time::interval(EVIDENCE_INTERVAL);
+        let mut pressure_tick = tokio::time::interval(PRESSURE_INTERVAL);
+        pressure_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         evidence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -581,6 +699,13 @@ impl Pipeline {
                         }
                     }
                 }
+                _ = pressure_tick.tick() => {
+                    for ev in self.pressure_tick() {
+                        if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
+                            return Ok(RunEnd::SinkDone);
+                        }
+                    }
+                }
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.map_err(PipelineError::Ring)?;
                     let rb = guard.get_inner_mut();
@@ -612,6 +737,7 @@ impl Pipeline {
                         let event = match raw {
                             RawEvent::OomKill(k) => {
                                 let k = self.oom.interpret(&k);
+                                let k = self.oom_pressure(k);
                                 Event::OomKill(self.name_oom(k).await)
                             }
                             RawEvent::PacketDrop(d) => Event::PacketDrop(self.packet_drop(&d)),

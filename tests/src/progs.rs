@@ -170,3 +170,87 @@ pub fn busybox_binary() -> PathBuf {
     }
     panic!("busybox not found: apt install busybox-static");
 }
+
+/// Source of `thrash`.
+///
+/// `thrash <anon MiB> <file> <step ms>`: pins itself to the CPU it starts on, maps `<file>`
+/// (a file-backed working set, its cached pages dropped first so that they are charged to this
+/// cgroup when read) and, every `<step ms>`, touches one more MiB of anonymous
+/// memory (up to `<anon MiB>`) and reads every page of the file. In a memory cgroup whose
+/// limit is below anon + file (swap off), the kernel keeps reclaiming the file's pages (which
+/// are read back at once) until the anonymous memory alone exceeds the limit and the OOM
+/// killer ends it: seconds of memory-cgroup reclaim before the kill. Pinned so that the
+/// cgroup's PSI `some` total (aggregated per CPU, weighted by each CPU's non-idle time) is the
+/// task's stall wall time. Nothing is printed (usage errors: stderr, exit code 2).
+pub const THRASH_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1024L * 1024L)
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: thrash <anon MiB> <file> <step ms>\n");
+        return 2;
+    }
+    long anon = atol(argv[1]);
+    long step = atol(argv[3]);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(sched_getcpu(), &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+        perror("thrash: sched_setaffinity");
+        return 2;
+    }
+    int fd = open(argv[2], O_RDONLY);
+    if (fd < 0) {
+        perror("thrash: open");
+        return 2;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size == 0) {
+        fprintf(stderr, "thrash: empty or unreadable file\n");
+        return 2;
+    }
+    /* Pages already cached were charged to whoever wrote the file: write them back and drop
+       them, so the working set is read in (and charged) by this cgroup. */
+    if (fdatasync(fd) != 0 || posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0) {
+        perror("thrash: dropping the file's cached pages");
+        return 2;
+    }
+    volatile char *f = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (f == MAP_FAILED) {
+        perror("thrash: mmap");
+        return 2;
+    }
+    unsigned long sum = 0;
+    struct timespec ts = {step / 1000, (step % 1000) * 1000000L};
+    for (long i = 0;; i++) {
+        if (i < anon) {
+            char *p = mmap(NULL, MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED)
+                break;
+            memset(p, 0x5a, MIB);
+        }
+        for (off_t o = 0; o < st.st_size; o += 4096)
+            sum += f[o];
+        nanosleep(&ts, NULL);
+    }
+    return (int)(sum & 1);
+}
+"#;
+
+/// Path of the static `thrash` helper (see [`THRASH_C`]), compiled once per process.
+pub fn thrash_binary() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| compile_c("thrash", THRASH_C).unwrap_or_else(|e| panic!("{e:#}")))
+        .clone()
+}

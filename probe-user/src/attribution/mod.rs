@@ -187,6 +187,8 @@ struct Inner {
     meta: MetaCache,
     pods: Mutex<LruCache<String, PodNames>>,
     netns: RwLock<std::collections::HashMap<u32, NetnsOwner>>,
+    /// Container cgroup paths (memory hierarchy) of the last scan.
+    containers: RwLock<Vec<String>>,
     /// Namespaces of Docker networks (overlay namespaces), from the last scan.
     networks: RwLock<std::collections::HashMap<u32, NetworkInfo>>,
     /// Network id prefix → what the dockerd sockets said, and when (misses are asked again
@@ -257,6 +259,7 @@ impl Attributor {
                 NonZeroUsize::new(cfg.max_pods.max(1)).expect("nonzero"),
             )),
             netns: RwLock::new(Default::default()),
+            containers: RwLock::new(Vec::new()),
             networks: RwLock::new(Default::default()),
             network_answers: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cfg.max_netns.max(1)).expect("nonzero"),
@@ -400,6 +403,16 @@ impl Attributor {
             w.container = None;
         }
         Some(w)
+    }
+
+    /// Cgroup paths (in the memory hierarchy, "/a/b") of the containers the last scan found
+    /// processes in.
+    pub fn container_cgroups(&self) -> Vec<String> {
+        self.inner
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runs a netns scan (and cgroup id pruning) now and returns when it is done. For callers
@@ -610,6 +623,7 @@ async fn scan_once(inner: &Arc<Inner>) {
             // cost nothing).
             let paths: Vec<String> = s.owners.values().map(|o| o.path.clone()).collect();
             *inner.netns.write().unwrap_or_else(|p| p.into_inner()) = s.owners;
+            *inner.containers.write().unwrap_or_else(|p| p.into_inner()) = s.container_paths;
             let a = Attributor {
                 inner: inner.clone(),
             };

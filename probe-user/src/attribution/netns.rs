@@ -50,6 +50,9 @@ pub(crate) struct NetnsScan {
     /// Namespaces seen with containers of different pods / unrelated containers.
     pub ambiguous: usize,
     pub containers: usize,
+    /// The cgroup path of every container seen (memory hierarchy), at most `cap`: what the
+    /// pressure collector reads memory files of.
+    pub container_paths: Vec<String>,
     /// Namespaces without containers whose bind mount names a Docker network:
     /// inode → network id prefix.
     pub networks: HashMap<u32, String>,
@@ -148,6 +151,7 @@ pub(crate) fn scan_found(
     }
 
     out.containers = containers.len();
+    out.container_paths = containers.into_iter().take(cap).collect();
     for (ns, paths) in by_ns {
         if out.owners.len() >= cap {
             break;

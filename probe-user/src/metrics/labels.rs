@@ -65,6 +65,23 @@ pub trait LabelSource: Send + Sync + 'static {
     /// Labels and anchor of an OOM kill's victim.
     fn oom_kill(&self, kill: &OomKill) -> (WorkloadLabels, Anchor);
 
+    /// Labels and anchor of a memory cgroup (path in the memory hierarchy, "/a/b") with the
+    /// names the attribution found for it (pressure series). By default the path itself.
+    fn memory_cgroup(
+        &self,
+        path: &str,
+        workload: &crate::attribution::Workload,
+    ) -> (WorkloadLabels, Anchor) {
+        let _ = workload;
+        (
+            WorkloadLabels {
+                cgroup: path.to_string(),
+                ..Default::default()
+            },
+            Anchor::Host,
+        )
+    }
+
     /// Whether an anchor this source handed out still exists.
     fn is_alive(&self, anchor: &Anchor) -> bool {
         anchor.exists()
@@ -150,6 +167,16 @@ impl LabelSource for CgroupPathLabels {
             _ => (WorkloadLabels::default(), Anchor::Host),
         };
         with_names(&mut labels, &kill.workload);
+        (labels, anchor)
+    }
+
+    fn memory_cgroup(
+        &self,
+        path: &str,
+        workload: &crate::attribution::Workload,
+    ) -> (WorkloadLabels, Anchor) {
+        let (mut labels, anchor) = self.for_path(path, self.hierarchies.memory.as_deref());
+        with_names(&mut labels, workload);
         (labels, anchor)
     }
 }

@@ -32,6 +32,7 @@ pub mod network;
 pub mod network_gauges;
 pub mod oom;
 pub mod oom_zeros;
+pub mod pressure;
 pub mod self_metrics;
 pub mod store;
 
@@ -163,6 +164,26 @@ impl Metrics {
         self.network_gauges = Some(gauges);
     }
 
+    /// Adds the memory pressure families ([`pressure`]): reclaim stalls from the kernel,
+    /// limit pressure from the cgroup files of the containers `attributor` finds.
+    pub fn add_pressure(
+        &mut self,
+        kernel: Kernel,
+        attributor: crate::attribution::Attributor,
+        labels: Arc<dyn labels::LabelSource>,
+        opts: &MetricsOptions,
+    ) {
+        self.registry
+            .register_collector(Box::new(pressure::MemoryPressure::new(
+                kernel,
+                attributor,
+                labels,
+                crate::cgroup::Hierarchies::detect(),
+                opts.series_ttl,
+                opts.workload_labels,
+            )));
+    }
+
     /// Fetches what collectors cannot read synchronously (fragment-queue memory, read inside
     /// each namespace); call before [`Self::encode`]. Bounded in time; on failure the previous
     /// values are encoded.
@@ -183,7 +204,7 @@ impl Metrics {
             Event::OomKill(k) => self.oom.record(k),
             // Network families read the in-kernel counters at scrape time: the samples and
             // mismatch events carry nothing the counters do not.
-            Event::PacketDrop(_) | Event::MtuMismatch(_) => {}
+            Event::PacketDrop(_) | Event::MtuMismatch(_) | Event::MemoryPressure(_) => {}
         }
     }
 

@@ -290,6 +290,12 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         &metrics_opts,
     );
     metrics.add_oom_zeros(Some(pipeline.attributor().clone()), &metrics_opts);
+    metrics.add_pressure(
+        kernel.clone(),
+        pipeline.attributor().clone(),
+        Arc::new(CgroupPathLabels::detect()),
+        &metrics_opts,
+    );
     let metrics = Arc::new(metrics);
     let readiness = Arc::new(Readiness::default());
     let attached = kernel.attached().join(", ");
