@@ -516,6 +516,9 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
         sysctl_at(&ctr_a, "net.ipv4.ipfrag_time", "1");
         sysctl_at(&ctr_a, "net.ipv4.ipfrag_low_thresh", "0");
         sysctl_at(&ctr_a, "net.ipv4.ipfrag_high_thresh", "1");
+        // Events of this stage only (an earlier stage's namespace may have had this inode).
+        capture.collect_for(Duration::from_millis(500));
+        let events_before = capture.history().len();
         let before = counts(&fathom, &nss);
         let got = send(&svc, &s, false, N);
         std::thread::sleep(Duration::from_secs(3));
@@ -554,7 +557,7 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
             .map(|n| inode(&n.overlay_netns_path(&net)).parse().unwrap())
             .to_vec();
         capture.collect_for(Duration::from_secs(2));
-        let events = capture.history();
+        let events = &capture.history()[events_before..];
         let ctr_events: Vec<&serde_json::Value> = events
             .iter()
             .filter(|e| e["netns"].as_u64() == Some(ino))
@@ -570,12 +573,17 @@ fn swarm_overlays_named_and_counted_like_the_kernel() {
                         && e["container"]["swarm"]["node_id"] == s.a.node_id.as_str()
                 }),
             format!(
-                "{} events, first: {:?}",
+                "{} events, {} with the container's name, first: {:?}",
                 ctr_events.len(),
+                ctr_events
+                    .iter()
+                    .filter(|e| e["container"]["name"] == task.container_name.as_str())
+                    .count(),
                 ctr_events.first().map(|e| (&e["kind"], &e["container"]))
             ),
         );
-        let mismatch: Vec<&serde_json::Value> = events
+        let mismatch: Vec<&serde_json::Value> = capture
+            .history()
             .iter()
             .filter(|e| e["kind"] == "mtu_mismatch")
             .filter(|e| e["netns"].as_u64().is_some_and(|n| ovl.contains(&n)))
