@@ -46,7 +46,15 @@ pub struct ReclaimStall {
     pub total_ns: u64,
     /// Log2 histogram of their durations (see the module docs).
     pub buckets: [u64; RECLAIM_BUCKETS],
+    /// Never written: room behind `buckets` so that the kernel program's bucket index,
+    /// masked with [`RECLAIM_BUCKET_MASK`], stays inside the map value for every verifier
+    /// (see `probe-ebpf/src/reclaim.rs`).
+    pub _spare: [u64; RECLAIM_BUCKET_MASK + 1 - RECLAIM_BUCKETS],
 }
+
+/// Mask the kernel program applies to a bucket index: a power of two minus one, at least
+/// `RECLAIM_BUCKETS - 1`.
+pub const RECLAIM_BUCKET_MASK: usize = 31;
 
 impl ReclaimStall {
     pub const fn zeroed() -> Self {
@@ -54,6 +62,7 @@ impl ReclaimStall {
             count: 0,
             total_ns: 0,
             buckets: [0; RECLAIM_BUCKETS],
+            _spare: [0; RECLAIM_BUCKET_MASK + 1 - RECLAIM_BUCKETS],
         }
     }
 }

@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    RECLAIM_KIND_DIRECT, RECLAIM_KIND_MEMCG, RECLAIM_STAT_MAP_FULL, RECLAIM_STAT_UNMATCHED_END,
-    ReclaimKey, ReclaimStall, reclaim_bucket,
+    RECLAIM_BUCKET_MASK, RECLAIM_KIND_DIRECT, RECLAIM_KIND_MEMCG, RECLAIM_STAT_MAP_FULL,
+    RECLAIM_STAT_UNMATCHED_END, ReclaimKey, ReclaimStall, reclaim_bucket,
 };
 
 use crate::{
@@ -92,28 +92,38 @@ fn end(kind: u32) {
         kind,
         _pad: 0,
     };
+    // The bucket as an index every verifier can bound: a mask, not a bounds check, on a
+    // value LLVM cannot see through (it would drop the mask, knowing the range). The
+    // verifiers of 5.10 and 6.1 walked an impossible branch of `buckets.get_mut(bucket)`
+    // with contradictory bounds and refused the program (`R0 invalid mem access 'scalar'`,
+    // seen under `cargo xtask vm`); `_spare` keeps every masked index inside the value.
     let bucket = reclaim_bucket(ns);
-    match RECLAIM.get_ptr_mut(key) {
-        Some(v) => unsafe {
-            (*v).count += 1;
-            (*v).total_ns += ns;
-            if let Some(b) = (*v).buckets.get_mut(bucket) {
-                *b += 1;
-            }
-        },
+    let bucket = unsafe { core::ptr::read_volatile(&bucket) } & RECLAIM_BUCKET_MASK;
+    let v = match RECLAIM.get_ptr_mut(key) {
+        Some(v) => v,
         None => {
-            let mut v = ReclaimStall::zeroed();
-            v.count = 1;
-            v.total_ns = ns;
-            if let Some(b) = v.buckets.get_mut(bucket) {
-                *b = 1;
-            }
-            if RECLAIM.insert(key, v, 0).is_err() {
+            // Inserted from .rodata, not built on the stack (the value is 272 bytes).
+            if RECLAIM.insert(key, &ZERO_STALL, 0).is_err() {
                 reclaim_stat(RECLAIM_STAT_MAP_FULL);
+                return;
+            }
+            match RECLAIM.get_ptr_mut(key) {
+                Some(v) => v,
+                None => {
+                    reclaim_stat(RECLAIM_STAT_MAP_FULL);
+                    return;
+                }
             }
         }
+    };
+    unsafe {
+        (*v).count += 1;
+        (*v).total_ns += ns;
+        *((*v).buckets.as_mut_ptr().wrapping_add(bucket)) += 1;
     }
 }
+
+static ZERO_STALL: ReclaimStall = ReclaimStall::zeroed();
 
 /// kernfs id of `current`'s memory cgroup (0 without a memory controller).
 #[inline(always)]
