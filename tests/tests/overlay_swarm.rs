@@ -165,14 +165,26 @@ fn compare(c: &mut Checks, stage: &str, fathom: &FathomServe, nss: &[Ns], before
         })
         .collect();
     let mut got = Vec::new();
+    // Deltas as Prometheus's increase() takes them: a value below the last one is a counter
+    // reset. That is what fathom shows when the kernel reuses a gone namespace's inode for a
+    // new one (here a task container of an earlier stage): the gone one's series is removed
+    // at the new one's first count, and the new one starts from 0 (scraped at 0 first).
+    let mut base: Vec<[f64; 4]> = before.fathom.clone();
+    let mut last: Vec<[f64; 4]> = before.fathom.clone();
     wait_until(SETTLE, Duration::from_millis(500), || {
         let samples = fathom.samples();
         got = nss
             .iter()
-            .zip(&before.fathom)
-            .map(|(n, b)| {
+            .enumerate()
+            .map(|(i, n)| {
                 let f = fathom_counts(&samples, n);
-                [0, 1, 2, 3].map(|i| f[i] - b[i])
+                for k in 0..4 {
+                    if f[k] < last[i][k] {
+                        base[i][k] = 0.0;
+                    }
+                    last[i][k] = f[k];
+                }
+                [0, 1, 2, 3].map(|k| f[k] - base[i][k])
             })
             .collect();
         got == kernel
