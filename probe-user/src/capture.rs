@@ -168,6 +168,9 @@ pub struct Renderer<W: Write> {
     header_done: bool,
 }
 
+/// How long `capture` waits for the first topology scan before it reports ready.
+const TOPOLOGY_WAIT: Duration = Duration::from_secs(15);
+
 const TABLE_HEADER: &str =
     "TIME         KIND               WHERE                                    DETAILS";
 
@@ -652,13 +655,31 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
         ..PipelineConfig::default()
     })?;
     // The first topology scan names the devices of the namespaces that exist already; wait
-    // for it (bounded) so that the first events carry them.
+    // for it (bounded) so that the first events carry them. It reads every namespace's links,
+    // routes and FDB: on a busy node with many namespaces that took more than 5 s.
     if let Some(t) = pipeline.topology()
-        && tokio::time::timeout(Duration::from_secs(5), t.ready())
+        && tokio::time::timeout(TOPOLOGY_WAIT, t.ready())
             .await
             .is_err()
     {
-        warn!("network topology not scanned within 5 s; device names may be missing at first");
+        warn!(
+            "network topology not scanned within {} s; device names may be missing at first",
+            TOPOLOGY_WAIT.as_secs()
+        );
+    }
+    // A namespace asked for by --netns: its devices named before the first event (its `lo`,
+    // ifindex 1 in every namespace, stands for its links), rescanning if the first scan
+    // missed it (seen once on a busy host).
+    if let (Some(t), Some(ns)) = (pipeline.topology(), opts.netns) {
+        let named = async {
+            while t.snapshot().link(ns, 1).is_none() {
+                if t.rescan().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let _ = tokio::time::timeout(TOPOLOGY_WAIT, named).await;
     }
     // Fragment totals are the namespaces' own SNMP counters: read them before "ready", so
     // the summary has the growth after it.
