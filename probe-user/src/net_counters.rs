@@ -222,24 +222,37 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
     per_cpu_array_sum(ebpf, "EVENTS_LOST", 8)
 }
 
-/// Deletes every `DROPS` and `IF_COUNTS` key of network namespace `netns` (it is gone: its
-/// inode may be reused by a new namespace, whose counts must start from zero).
-pub fn forget_netns(ebpf: &mut aya::Ebpf, netns: u32) -> Result<usize, CountersError> {
-    let n = remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| k.netns == netns)?
-        + remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?
-        + remove_keys::<ExpireKey, u64>(ebpf, "EXPIRED", |k| k.netns == netns)?
-        + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| k.netns == netns)?;
+/// Deletes the keys of a gone network namespace: inode `netns` with `cookie` (every cookie
+/// when `None`) in `DROPS`, `EXPIRED` and the `LAST_DROP` slots, and — when `inode_free`, no
+/// namespace holding the inode now — its `IF_COUNTS` and `VXLAN_COUNTS` keys, which carry no
+/// cookie. A new namespace that already reuses the inode keeps its counts.
+pub fn forget_netns(
+    ebpf: &mut aya::Ebpf,
+    netns: u32,
+    cookie: Option<u64>,
+    inode_free: bool,
+) -> Result<usize, CountersError> {
+    let of = |ns: u32, c: u64| ns == netns && cookie.is_none_or(|want| want == c);
+    let mut n = remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| of(k.netns, k.netns_cookie))?
+        + remove_keys::<ExpireKey, u64>(ebpf, "EXPIRED", |k| of(k.netns, k.netns_cookie))?;
+    if inode_free {
+        n += remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?
+            + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
+                k.netns == netns
+            })?;
+    }
     // A slot still holding the namespace would flush into DROPS later and bring the key
-    // back, counted a second time.
+    // back, counted a second time. (The slots are rewritten from a copy read just before:
+    // a drop counted on another CPU in between is lost.)
     if let Some(m) = ebpf.map_mut("LAST_DROP") {
         let mut last: PerCpuArray<&mut MapData, LastDrop> =
             PerCpuArray::try_from(m).map_err(map_err("LAST_DROP"))?;
         let slots = last.get(&0, 0).map_err(map_err("LAST_DROP"))?;
-        if slots.iter().any(|s| s.key.netns == netns) {
+        if slots.iter().any(|s| of(s.key.netns, s.key.netns_cookie)) {
             let cleared: Vec<LastDrop> = slots
                 .iter()
                 .map(|s| {
-                    if s.key.netns == netns {
+                    if of(s.key.netns, s.key.netns_cookie) {
                         LastDrop::default()
                     } else {
                         *s

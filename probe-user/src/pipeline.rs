@@ -73,9 +73,10 @@ pub struct PipelineConfig {
     pub topology: bool,
     /// How long an OOM event may wait for the container runtime to name its container.
     pub oom_name_wait: Duration,
-    /// Delete the counter-map keys of network namespaces that are gone (the exporter); a
-    /// capture keeps them for its closing summary.
-    pub forget_removed_netns: bool,
+    /// Delete the reclaim keys of memory cgroups that are gone (the exporter, which runs for
+    /// months); a capture keeps them for its closing summary. (A gone network namespace's
+    /// keys are deleted by the exporter's network collector, after a scrape read them.)
+    pub forget_gone_memcgs: bool,
     /// Emit [`Event::MemoryPressure`] for memory cgroups stalling at least this many seconds
     /// per second in reclaim (`None`: no such events).
     pub pressure_threshold: Option<f64>,
@@ -88,7 +89,7 @@ impl Default for PipelineConfig {
             attribution: AttributionConfig::default(),
             topology: true,
             oom_name_wait: Duration::from_millis(300),
-            forget_removed_netns: false,
+            forget_gone_memcgs: false,
             pressure_threshold: None,
         }
     }
@@ -98,7 +99,7 @@ impl Default for PipelineConfig {
 const PRESSURE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A gone memory cgroup's `RECLAIM` keys are deleted once its stall has not grown for this
-/// long (checked every minute; only where `forget_removed_netns` is set: the exporter).
+/// long (checked every minute; only where `forget_gone_memcgs` is set: the exporter).
 const RECLAIM_FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// `memory_pressure` events produced per sampling interval at most; the rest are counted as
@@ -115,6 +116,11 @@ pub struct PressureEventCounts {
 
 /// How often mismatched VXLAN devices are checked for traffic that proves the mismatch.
 const EVIDENCE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long an MTU-mismatch event waits for its namespace's owner (a Docker network, a pod)
+/// to be named: the topology sees a new overlay namespace's device before the runtime has
+/// been asked whose it is. Named (or host) namespaces report at once.
+const MISMATCH_NAME_WAIT: Duration = Duration::from_secs(2);
 
 /// Heap trimming period, in evidence ticks (one minute).
 const TRIM_EVERY_TICKS: u64 = 30;
@@ -355,9 +361,11 @@ pub struct Pipeline {
     topology: Option<Arc<Topology>>,
     attributor: Attributor,
     oom_name_wait: Duration,
-    forget_removed_netns: bool,
+    forget_gone_memcgs: bool,
     /// Oversize counts last reported per mismatched VXLAN device.
     evidence: HashMap<(u32, u32), u64>,
+    /// Mismatches whose namespace is not named yet, with the time to report them anyway.
+    unnamed_mismatches: Vec<(tokio::time::Instant, crate::net::MtuMismatch)>,
     /// The VXLAN devices the VXLAN tc programs are attached to.
     vxlan_hooks: std::sync::Mutex<crate::net::tc_attach::VxlanHooks>,
     pressure: crate::pressure::Tracker,
@@ -419,8 +427,9 @@ impl Pipeline {
             topology,
             attributor: Attributor::start(cfg.attribution.clone()),
             oom_name_wait: cfg.oom_name_wait,
-            forget_removed_netns: cfg.forget_removed_netns,
+            forget_gone_memcgs: cfg.forget_gone_memcgs,
             evidence: HashMap::new(),
+            unnamed_mismatches: Vec::new(),
             vxlan_hooks: Default::default(),
             pressure,
             pressure_threshold: cfg.pressure_threshold,
@@ -442,7 +451,7 @@ impl Pipeline {
         let now = std::time::Instant::now();
         self.pressure.sample(now, &stalls);
         self.pressure_ticks += 1;
-        if self.forget_removed_netns && self.pressure_ticks.is_multiple_of(60) {
+        if self.forget_gone_memcgs && self.pressure_ticks.is_multiple_of(60) {
             let gone = self
                 .pressure
                 .gone_quiet(&stalls, now, RECLAIM_FORGET_AFTER, |id| {
@@ -536,6 +545,33 @@ impl Pipeline {
     ) -> Event {
         let workload = self.attributor.by_netns(m.netns).unwrap_or_default();
         Event::MtuMismatch(MtuMismatchEvent::new(m, evidence, workload))
+    }
+
+    /// The event of a new mismatch, or `None` while its namespace waits to be named (see
+    /// [`MISMATCH_NAME_WAIT`]; [`Self::named_mismatches`] reports it later).
+    fn new_mismatch(&mut self, m: crate::net::MtuMismatch) -> Option<Event> {
+        let host = self.topology.as_ref().and_then(|t| t.snapshot().host_netns) == Some(m.netns);
+        if host || self.attributor.by_netns(m.netns).is_some() {
+            return Some(self.mismatch_event(m, None));
+        }
+        self.unnamed_mismatches
+            .push((tokio::time::Instant::now() + MISMATCH_NAME_WAIT, m));
+        None
+    }
+
+    /// The waiting mismatches that are named now or have waited long enough.
+    fn named_mismatches(&mut self) -> Vec<Event> {
+        let now = tokio::time::Instant::now();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unnamed_mismatches)
+            .into_iter()
+            .partition(|(deadline, m)| {
+                *deadline <= now || self.attributor.by_netns(m.netns).is_some()
+            });
+        self.unnamed_mismatches = waiting;
+        ready
+            .into_iter()
+            .map(|(_, m)| self.mismatch_event(m, None))
+            .collect()
     }
 
     /// Mismatched devices whose oversize count grew since the last report.
@@ -643,7 +679,9 @@ impl Pipeline {
                 let (snap, rx) = t.subscribe_with_snapshot();
                 self.sync_vxlan_map();
                 for m in snap.mismatches.clone() {
-                    let ev = self.mismatch_event(m, None);
+                    let Some(ev) = self.new_mismatch(m) else {
+                        continue;
+                    };
                     if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
                         return Ok(RunEnd::SinkDone);
                     }
@@ -655,13 +693,23 @@ impl Pipeline {
         let mut evidence_tick = tokio::time::interval(EVIDENCE_INTERVAL);
         let mut pressure_tick = tokio::time::interval(PRESSURE_INTERVAL);
         pressure_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut naming_tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks: u64 = 0;
         evidence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // A stop request wins over pending records: SIGTERM must end us promptly.
                 biased;
-                _ = &mut stop => return Ok(RunEnd::Stopped),
+                _ = &mut stop => {
+                    // Mismatches still waiting for a name are reported as they are.
+                    for (_, m) in std::mem::take(&mut self.unnamed_mismatches) {
+                        let ev = self.mismatch_event(m, None);
+                        if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
+                            break;
+                        }
+                    }
+                    return Ok(RunEnd::Stopped);
+                }
                 ev = recv_topology(&mut topo_rx) => {
                     let mut out = Vec::new();
                     match ev {
@@ -670,13 +718,10 @@ impl Pipeline {
                         | Some(Ok(TopologyEvent::VxlanChanged(_))) => self.sync_vxlan_map(),
                         Some(Ok(TopologyEvent::MtuMismatch(m))) => {
                             self.sync_vxlan_map();
-                            out.push(self.mismatch_event(m, None));
+                            out.extend(self.new_mismatch(m));
                         }
-                        Some(Ok(TopologyEvent::NetnsRemoved { netns })) if self.forget_removed_netns => {
+                        Some(Ok(TopologyEvent::NetnsRemoved { netns })) => {
                             self.evidence.retain(|(ns, _), _| *ns != netns);
-                            if let Err(e) = self.kernel.with_ebpf_mut(|ebpf| net_counters::forget_netns(ebpf, netns)) {
-                                warn!(error = %e, netns, "cannot remove a gone namespace's counters");
-                            }
                         }
                         Some(Ok(_)) => {}
                         // Missed events: the snapshot is still right; resynchronise the map.
@@ -697,6 +742,13 @@ impl Pipeline {
                         trim_heap();
                     }
                     for ev in self.mismatch_evidence() {
+                        if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
+                            return Ok(RunEnd::SinkDone);
+                        }
+                    }
+                }
+                _ = naming_tick.tick(), if !self.unnamed_mismatches.is_empty() => {
+                    for ev in self.named_mismatches() {
                         if sink.handle(ev).map_err(PipelineError::Sink)?.is_break() {
                             return Ok(RunEnd::SinkDone);
                         }

@@ -27,6 +27,22 @@ impl NetNs {
         Ok(NetNs { name })
     }
 
+    /// Like [`NetNs::new`], created by a process pinned to `cpu` (`taskset`): the kernel
+    /// hands out namespace cookies from per-CPU batches, so the CPU decides the cookie's range.
+    pub fn new_on_cpu(cpu: usize) -> Self {
+        let name = format!("fathom-{}", unique_suffix());
+        run_checked(Command::new("taskset").args([
+            "-c",
+            &cpu.to_string(),
+            "ip",
+            "netns",
+            "add",
+            &name,
+        ]))
+        .unwrap_or_else(|e| panic!("NetNs::new_on_cpu: {e:#}"));
+        NetNs { name }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -53,6 +53,11 @@ impl FathomServe {
         self.process.pid()
     }
 
+    /// What fathom printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
     /// The underlying process guard (stderr, exit status, stop).
     pub fn process(&mut self) -> &mut FathomCapture {
         &mut self.process

@@ -196,6 +196,59 @@ fn reassembly_failures_in_a_test_netns_are_exported_per_cause() {
     );
 }
 
+/// The kernel gives a deleted namespace's inode to the next one within seconds, and its
+/// cookies (unique, in every drop key) come from per-CPU batches: the namespace that reuses
+/// an inode can have the *smaller* cookie. Namespaces are made alternately on each CPU, each
+/// given its own number of drops, exported and deleted, until an inode is reused with a
+/// smaller cookie; every namespace's series must show its own drops only (the old one's
+/// series is replaced: a counter reset for Prometheus). On a real Swarm the first rule
+/// ("a newer namespace has the larger cookie") left a task container's 300 overflows out.
+#[test]
+fn a_reused_inode_counts_the_new_namespace_whatever_its_cookie() {
+    require_root!();
+    let fathom = FathomServe::start(&[]);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "needs two CPUs to get cookies from two batches");
+    let mut made: Vec<(u64, u64)> = Vec::new();
+    for i in 0..40usize {
+        let ns = NetNs::new_on_cpu(i % cpus);
+        ns.lo_up();
+        let cookie = fathom_tests::traffic::in_netns(&ns, || {
+            fathom::net::cookie::netns_cookie_here().expect("SO_NETNS_COOKIE")
+        });
+        let inode = ns.inode();
+        let n = 3 + i;
+        udp_send(&ns, "127.0.0.1:9", 16, n, None);
+        let netns = inode.to_string();
+        let ours = [
+            ("namespace", ""),
+            ("pod", ""),
+            ("netns", netns.as_str()),
+            ("reason", "NO_SOCKET"),
+        ];
+        let mut got = None;
+        let exported = fathom_tests::wait_until(SETTLE, Duration::from_millis(250), || {
+            got = value_of(&fathom.samples(), DROPS, &ours);
+            got == Some(n as f64)
+        });
+        let reused_smaller = made.iter().any(|&(ino, c)| ino == inode && cookie < c);
+        assert!(
+            exported,
+            "namespace {i} (inode {inode}, cookie {cookie}, {n} drops; earlier (inode, cookie): \
+             {made:?}): fathom shows {got:?}"
+        );
+        made.push((inode, cookie));
+        if reused_smaller {
+            return;
+        }
+        drop(ns);
+        // fathom's handle pins the namespace until its next rescan (every 2 s): only then
+        // can the inode pass to the next one.
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    panic!("no inode was reused with a smaller cookie in 40 namespaces: {made:?}");
+}
+
 #[test]
 fn udp_to_a_closed_port_is_counted_as_no_socket_drops_of_its_namespace() {
     require_root!();

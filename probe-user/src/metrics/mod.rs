@@ -27,6 +27,7 @@
 //!    namespace) is fetched by [`Metrics::refresh`] before the scrape encodes.
 
 pub mod labels;
+pub mod netns_identity;
 pub mod netns_labels;
 pub mod network;
 pub mod network_gauges;

@@ -231,8 +231,8 @@ pub fn netns_anchor(netns: u32) -> Anchor {
 /// The namespaces a topology snapshot lists, indexed once per scrape.
 #[derive(Debug)]
 pub struct ListedNetns {
-    /// `None` without a topology.
-    listed: Option<std::collections::HashSet<u32>>,
+    /// Inode → cookie (when the topology knows it); `None` without a topology.
+    listed: Option<std::collections::HashMap<u32, Option<u64>>>,
     /// The topology has published its first scan.
     scanned: bool,
 }
@@ -240,14 +240,20 @@ pub struct ListedNetns {
 impl ListedNetns {
     pub fn new(topology: Option<&TopologySnapshot>) -> Self {
         Self {
-            listed: topology.map(|t| t.netns.iter().map(|n| n.inode).collect()),
+            listed: topology.map(|t| t.netns.iter().map(|n| (n.inode, n.cookie)).collect()),
             scanned: topology.is_some_and(|t| t.generation > 0),
         }
     }
 
     /// The namespaces the topology lists (none before its first scan or without one).
     pub fn listed(&self) -> impl Iterator<Item = u32> + '_ {
-        self.listed.iter().flatten().copied()
+        self.listed.iter().flat_map(|l| l.keys()).copied()
+    }
+
+    /// The cookie of the namespace the topology lists under `netns`, when it knows it: the
+    /// namespace that holds the inode now.
+    pub fn cookie(&self, netns: u32) -> Option<u64> {
+        self.listed.as_ref()?.get(&netns).copied().flatten()
     }
 
     /// Whether the topology has published its first scan.
@@ -258,7 +264,7 @@ impl ListedNetns {
     /// Whether the topology knows the namespace (so it can name its devices). Without a
     /// topology nothing will ever be known better: true.
     pub fn lists(&self, netns: u32) -> bool {
-        self.listed.as_ref().is_none_or(|l| l.contains(&netns))
+        self.listed.as_ref().is_none_or(|l| l.contains_key(&netns))
     }
 
     /// Whether an anchor handed out for a network series still exists: a namespace while the
@@ -312,6 +318,7 @@ pub(crate) mod tests {
     pub(crate) fn topology(host: u32, others: &[u32]) -> TopologySnapshot {
         let info = |inode, is_host| NetnsInfo {
             inode,
+            cookie: None,
             is_host,
             names: vec![],
             bind_mounts: vec![],

@@ -59,6 +59,7 @@ use tracing::{debug, warn};
 
 use super::{
     labels::Anchor,
+    netns_identity::{Gone, NetnsIdentity},
     netns_labels::{
         ListedNetns, NetnsLabeler, NetnsLabels, NetnsOwners, netns_anchor, netns_label,
     },
@@ -304,13 +305,13 @@ struct State {
     /// counts are exported. Once they are, they stay: a key left out of a reading would count
     /// in full again when it comes back.
     first_seen: HashMap<u32, (Instant, bool)>,
-    /// The newest netns cookie seen per inode (see [`State::track_cookies`]).
-    cookies: HashMap<u32, u64>,
+    /// Which namespace holds each inode, and which ones are gone (see [`NetnsIdentity`]).
+    identity: NetnsIdentity,
+    /// Namespaces retired by this scrape's reading: their keys go once it is read.
+    retired: Vec<Gone>,
     ttl: Duration,
     /// Zero series of `fathom_ip_reassembly_failures_total` for this scrape.
     reasm_zeros: Vec<ReasmSeries>,
-    /// Namespaces the topology has listed: one it lists no more is gone.
-    ever_listed: HashSet<u32>,
 }
 
 /// Causes whose series exist at 0 in every known namespace (what the shipped alerts watch).
@@ -320,10 +321,10 @@ impl State {
     fn new(ttl: Duration) -> Self {
         Self {
             first_seen: HashMap::new(),
-            cookies: HashMap::new(),
+            identity: NetnsIdentity::default(),
+            retired: Vec::new(),
             ttl,
             reasm_zeros: Vec::new(),
-            ever_listed: HashSet::new(),
             drops: CumulativeCounters::new(ttl),
             reasm: CumulativeCounters::new(ttl),
             vxlan_packets: CumulativeCounters::new(ttl),
@@ -335,39 +336,27 @@ impl State {
         }
     }
 
-    /// Namespace identity across inode reuse. The kernel reuses a gone namespace's inode
-    /// number within seconds; its cookie (`net->net_cookie`, in every drop key) only grows.
-    /// When an inode shows a newer cookie, the namespace it named is gone: its series are
-    /// removed at once (the new one's start from 0 — Prometheus sees a counter reset, not a
-    /// gone pod's counts continuing), and keys still holding the older cookie (not yet
-    /// deleted from the maps) are left out. Keys with cookie 0 (kernels before 5.14) are
-    /// kept as they are.
+    /// Namespace identity across inode reuse (see [`NetnsIdentity`]): when an inode passes to
+    /// another namespace, the gone one's series are removed at once (the new one's start from
+    /// 0 — Prometheus sees a counter reset, not a gone pod's counts continuing), and keys of
+    /// namespaces that held the inode before are left out (and deleted after this scrape).
     fn track_cookies(
         &mut self,
         drops: &HashMap<DropKey, Counter>,
+        listed: &ListedNetns,
         now: Instant,
     ) -> HashMap<DropKey, Counter> {
-        let mut newest: HashMap<u32, u64> = HashMap::new();
-        for k in drops.keys().filter(|k| k.netns_cookie != 0) {
-            let e = newest.entry(k.netns).or_default();
-            *e = (*e).max(k.netns_cookie);
+        let seen = self
+            .identity
+            .observe(drops.keys().map(|k| (k.netns, k.netns_cookie)), listed);
+        for ns in seen.reused {
+            debug!(netns = ns, "namespace inode reused");
+            self.forget_netns(ns, now);
         }
-        for (ns, cookie) in newest {
-            let known = self.cookies.entry(ns).or_insert(cookie);
-            if *known < cookie {
-                *known = cookie;
-                self.forget_netns(ns, now);
-            }
-        }
+        self.retired = seen.retired;
         drops
             .iter()
-            .filter(|(k, _)| {
-                k.netns_cookie == 0
-                    || self
-                        .cookies
-                        .get(&k.netns)
-                        .is_none_or(|&c| k.netns_cookie >= c)
-            })
+            .filter(|(k, _)| self.identity.keeps(k.netns, k.netns_cookie))
             .map(|(k, v)| (*k, *v))
             .collect()
     }
@@ -407,7 +396,7 @@ impl State {
             .chain(vxlan.keys().map(|k| k.netns))
             .collect();
         self.first_seen.retain(|ns, _| present.contains(ns));
-        let ever_listed = &self.ever_listed;
+        let identity = &self.identity;
         present
             .into_iter()
             .filter(|&ns| {
@@ -417,7 +406,7 @@ impl State {
                     || now.saturating_duration_since(*first) >= NAMING_GRACE
                     || (listed.lists(ns) && (labeler.resolved(ns) || labeler.unowned(ns)))
                     // Gone after being listed: its labels will not get better.
-                    || (ever_listed.contains(&ns) && !listed.lists(ns));
+                    || (identity.was_listed(ns) && !listed.lists(ns));
                 *ready
             })
             .collect()
@@ -440,44 +429,50 @@ impl State {
             + self.vxlan_drops.expire(now, alive)
     }
 
-    /// Namespaces that are gone (listed before, not any more) and still have kernel keys;
-    /// they are forgotten here, the caller deletes their keys after this scrape's reading.
+    /// Namespaces that are gone (listed before, not any more or under another cookie; or
+    /// retired by this reading) and still have kernel keys; the caller deletes their keys
+    /// after this scrape's reading.
     fn gone_with_keys(
         &mut self,
         drops: &HashMap<DropKey, Counter>,
         ifs: &HashMap<IfKey, IfCounters>,
         listed: &ListedNetns,
         now: Instant,
-    ) -> Vec<u32> {
+    ) -> Vec<Gone> {
+        let mut gone = std::mem::take(&mut self.retired);
         if !listed.scanned() {
-            return Vec::new();
+            return gone;
         }
-        self.ever_listed.extend(listed.listed());
-        let in_maps: HashSet<u32> = drops
-            .keys()
-            .map(|k| k.netns)
-            .chain(ifs.keys().map(|k| k.netns))
-            .collect();
-        let mut gone: Vec<u32> = self
-            .ever_listed
-            .iter()
-            .copied()
-            .filter(|ns| !listed.lists(*ns))
-            .collect();
+        gone.extend(self.identity.gone(listed));
         // A namespace that lived less than one topology rescan was never listed: once its
         // counts are exported and it stays unlisted for twice the naming grace, it is gone.
-        gone.extend(self.first_seen.iter().filter_map(|(ns, (first, ready))| {
-            (*ready
-                && *ns != 0
-                && !listed.lists(*ns)
-                && !self.ever_listed.contains(ns)
-                && now.saturating_duration_since(*first) >= 2 * NAMING_GRACE)
-                .then_some(*ns)
-        }));
-        for ns in &gone {
-            self.ever_listed.remove(ns);
+        let short_lived: Vec<u32> = self
+            .first_seen
+            .iter()
+            .filter(|(ns, (first, ready))| {
+                *ready
+                    && **ns != 0
+                    && !listed.lists(**ns)
+                    && !self.identity.was_listed(**ns)
+                    && now.saturating_duration_since(*first) >= 2 * NAMING_GRACE
+            })
+            .map(|(ns, _)| *ns)
+            .collect();
+        for ns in short_lived {
+            self.first_seen.remove(&ns);
+            gone.push(Gone {
+                netns: ns,
+                cookie: self.identity.retire_holder(ns),
+                inode_free: true,
+            });
         }
-        gone.into_iter().filter(|ns| in_maps.contains(ns)).collect()
+        gone.retain(|g| {
+            drops
+                .keys()
+                .any(|k| k.netns == g.netns && g.cookie.is_none_or(|c| c == k.netns_cookie))
+                || (g.inode_free && ifs.keys().any(|k| k.netns == g.netns))
+        });
+        gone
     }
 
     fn encode(&mut self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -576,11 +571,12 @@ impl NetworkSeries {
         topology: Option<&TopologySnapshot>,
         expiry: bool,
         now: Instant,
-    ) -> Vec<u32> {
+    ) -> Vec<Gone> {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
-        let drops = &state.track_cookies(drops, now);
+        let all_drops = drops;
+        let drops = &state.track_cookies(all_drops, &listed, now);
         let ready = state.ready(drops, ifs, vxlan, &listed, &mut labeler, now);
         state
             .vni_slots
@@ -614,7 +610,7 @@ impl NetworkSeries {
             }
         }
         state.reasm_zeros = zeros;
-        state.gone_with_keys(drops, ifs, &listed, now)
+        state.gone_with_keys(all_drops, ifs, &listed, now)
     }
 }
 
@@ -691,15 +687,21 @@ impl Collector for NetworkCounters {
                 );
                 // Read, then deleted: a gone namespace's last counts are in the series now,
                 // and a new namespace reusing the inode starts from zero in the kernel.
-                for ns in gone {
-                    match self
-                        .kernel
-                        .with_ebpf_mut(|ebpf| net_counters::forget_netns(ebpf, ns))
-                    {
-                        Ok(n) => debug!(netns = ns, keys = n, "gone namespace's keys deleted"),
-                        Err(e) => {
-                            warn!(netns = ns, error = %e, "cannot delete a gone namespace's keys")
-                        }
+                for g in gone {
+                    match self.kernel.with_ebpf_mut(|ebpf| {
+                        net_counters::forget_netns(ebpf, g.netns, g.cookie, g.inode_free)
+                    }) {
+                        Ok(n) => debug!(
+                            netns = g.netns,
+                            cookie = g.cookie,
+                            keys = n,
+                            "gone namespace's keys deleted"
+                        ),
+                        Err(e) => warn!(
+                            netns = g.netns,
+                            error = %e,
+                            "cannot delete a gone namespace's keys"
+                        ),
                     }
                 }
             }
@@ -899,7 +901,14 @@ mod tests {
             false,
             t0,
         );
-        assert_eq!(forget, vec![POD_NS]);
+        assert_eq!(
+            forget,
+            vec![Gone {
+                netns: POD_NS,
+                cookie: None,
+                inode_free: true
+            }]
+        );
         let text = c.text();
         assert!(
             text.contains(&format!(
@@ -1142,8 +1151,18 @@ mod tests {
         );
     }
 
+    /// A new namespace with a reused inode never adds to the gone one's counts, whichever
+    /// cookie is larger: cookies are unique, not ordered (per-CPU batches), and on a real
+    /// Swarm the first rule ("the newer namespace has the larger cookie") left a task
+    /// container's 300 overflows out.
     #[test]
     fn a_new_namespace_with_a_reused_inode_never_adds_to_the_gone_ones_counts() {
+        for (old, new) in [(10, 11), (4171, 88)] {
+            reused_inode(old, new);
+        }
+    }
+
+    fn reused_inode(old: u64, new: u64) {
         let mut owners = FixedOwners::default();
         owners.pods.insert(POD_NS, pod("uid", Some("web-0"), None));
         let (c, _) = counters(owners, true);
@@ -1157,35 +1176,38 @@ mod tests {
                 "fathom_packet_drops_total{{namespace=\"\",pod=\"web-0\",netns=\"4026532100\",reason=\"NO_SOCKET\"}} {n}\n"
             )
         };
-        c.update(
-            &HashMap::from([(k(10), packets(5))]),
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo()),
-            t0,
-        );
+        let reading = |drops: &[(u64, u64)], secs: u64| {
+            let drops: HashMap<_, _> = drops.iter().map(|&(c, n)| (k(c), packets(n))).collect();
+            c.0.update(
+                &drops,
+                &HashMap::new(),
+                &HashMap::new(),
+                Some(&topo()),
+                false,
+                t0 + Duration::from_secs(secs),
+            )
+        };
+        reading(&[(old, 5)], 0);
         assert!(c.text().contains(&line(5)), "{}", c.text());
-        // The namespace is gone, a new one got its inode (cookie 11) and dropped 2 packets;
-        // the gone one's key (cookie 10) is still in the map and grew once more.
-        let both = HashMap::from([(k(10), packets(6)), (k(11), packets(2))]);
-        c.update(
-            &both,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo()),
-            t0 + Duration::from_secs(1),
-        );
+        // The namespace is gone, a new one got its inode and dropped 2 packets; the gone
+        // one's key is still in the map and grew once more.
+        let forget = reading(&[(old, 6), (new, 2)], 1);
         let text = c.text();
-        assert!(text.contains(&line(2)), "only the new namespace's: {text}");
-        // Later readings keep them apart; cookie-less keys (old kernels) are left alone.
-        let later = HashMap::from([(k(10), packets(9)), (k(11), packets(3))]);
-        c.update(
-            &later,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo()),
-            t0 + Duration::from_secs(2),
+        assert!(
+            text.contains(&line(2)),
+            "only the new namespace's ({old} → {new}): {text}"
         );
+        // The old namespace's key is deleted after this reading, by its cookie only.
+        assert_eq!(
+            forget,
+            vec![Gone {
+                netns: POD_NS,
+                cookie: Some(old),
+                inode_free: false
+            }]
+        );
+        // Later readings keep them apart.
+        reading(&[(old, 9), (new, 3)], 2);
         assert!(c.text().contains(&line(3)), "{}", c.text());
     }
 

@@ -33,7 +33,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
@@ -263,12 +263,17 @@ struct HandleState {
 }
 
 /// One network namespace: its identity, where it was found, and a cached fd to enter it.
+///
+/// A handle is one namespace for its whole life: its fd pins that namespace, so the inode
+/// cannot pass to another one while the handle exists. The namespace's cookie (see
+/// [`super::cookie`]) is read the first time a worker enters it.
 #[derive(Debug)]
 pub struct NetnsHandle {
     inode: NetnsInode,
     is_host: bool,
     proc_root: PathBuf,
     state: Mutex<HandleState>,
+    cookie: OnceLock<u64>,
 }
 
 impl NetnsHandle {
@@ -278,6 +283,7 @@ impl NetnsHandle {
             is_host,
             proc_root: proc_root.to_path_buf(),
             state: Mutex::new(HandleState { found, fd: None }),
+            cookie: OnceLock::new(),
         }
     }
 
@@ -318,6 +324,12 @@ impl NetnsHandle {
         self.inode
     }
 
+    /// The namespace's cookie, once a worker has entered it (`None` before, and on kernels
+    /// without cookies: before 5.14).
+    pub fn cookie(&self) -> Option<u64> {
+        self.cookie.get().copied()
+    }
+
     /// Is this the host's namespace (that of pid 1)?
     pub fn is_host(&self) -> bool {
         self.is_host
@@ -348,6 +360,7 @@ impl NetnsHandle {
         let st = self.state.lock().expect("netns handle lock");
         NetnsInfo {
             inode: self.inode,
+            cookie: self.cookie(),
             is_host: self.is_host,
             names: st
                 .found
@@ -397,6 +410,9 @@ impl NetnsHandle {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NetnsInfo {
     pub inode: NetnsInode,
+    /// The namespace's cookie (unique for the kernel's uptime, unlike the inode); `None`
+    /// until fathom has entered it once, or on kernels before 5.14.
+    pub cookie: Option<u64>,
     pub is_host: bool,
     /// File names of its bind mounts (`ip netns` names, Docker sandbox ids).
     pub names: Vec<String>,
@@ -487,12 +503,20 @@ impl NetnsRegistry {
     }
 }
 
+/// Joins `ns` on the calling thread (one of our own workers); the first time, reads the
+/// namespace's cookie too.
 fn enter(ns: &NetnsHandle) -> Result<(), NetError> {
     let fd = ns.open()?;
     setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetError::Setns {
         inode: ns.inode,
         source,
-    })
+    })?;
+    if ns.cookie.get().is_none()
+        && let Some(c) = super::cookie::netns_cookie_here()
+    {
+        let _ = ns.cookie.set(c);
+    }
+    Ok(())
 }
 
 /// Runs `f` in a new thread that first joins `ns`'s network namespace, and waits for it.

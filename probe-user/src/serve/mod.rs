@@ -245,9 +245,10 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             drop_events_burst: opts.drop_events_burst,
         },
         attribution: opts.attribution.clone(),
-        // The network collector deletes a gone namespace's keys itself, after a scrape has
-        // read them (metrics::network): its last counts are exported, not lost.
-        forget_removed_netns: false,
+        // A gone memory cgroup's reclaim keys go after 10 quiet minutes. (The network
+        // collector deletes a gone namespace's keys itself, after a scrape has read them:
+        // metrics::network.)
+        forget_gone_memcgs: true,
         ..crate::pipeline::PipelineConfig::default()
     })?;
     let kernel: Kernel = pipeline.kernel().clone();
