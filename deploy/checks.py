@@ -8,6 +8,11 @@ path or an empty file cannot make it pass.
   checks.py manifests                 cross-references inside kubernetes/fathom.yaml
   checks.py servicemonitor            kubernetes/servicemonitor.yaml against the Service
   checks.py helm                      chart files, .Values references, flags, alerts copy
+  checks.py chart-render YAML NS KINDS OUT
+                                      a `helm template` output: its kinds, the workload's
+                                      cross-references, ServiceMonitor, PrometheusRule; the
+                                      built-in objects into OUT/builtin.yaml (for
+                                      kubernetes-validate), the rules into OUT/rules.yaml
   checks.py scrape-config-static OUT  scrape-config.yaml with kubernetes_sd_configs checked
                                       here and swapped for static_configs in OUT (for a
                                       promtool built without Kubernetes discovery)
@@ -128,20 +133,33 @@ def cmd_manifests() -> str:
         if kind not in k:
             raise CheckFailed(f"{MANIFEST.name}: no {kind}")
     ns = k["Namespace"]["metadata"]["name"]
-    ds, svc, sa = k["DaemonSet"], k["Service"], k["ServiceAccount"]
     problems = []
-    for obj in (ds, svc, sa):
-        if obj["metadata"].get("namespace") != ns:
-            problems.append(f"{obj['kind']} is not in namespace {ns}")
     if k["Namespace"]["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "privileged":
         problems.append("the namespace does not admit privileged pods (pod-security enforce label)")
+    summary, more = check_workload(k, ns, MANIFEST.name)
+    fail_if(problems + more)
+    return summary
+
+
+def check_workload(k: dict[str, dict], ns: str, where: str) -> tuple[str, list[str]]:
+    """Summary and problems of the DaemonSet with its ServiceAccount and, when present, the
+    Service and NetworkPolicy in front of it (fathom.yaml, or a render of the chart)."""
+    for kind in ("ServiceAccount", "DaemonSet"):
+        if kind not in k:
+            raise CheckFailed(f"{where}: no {kind}")
+    ds, sa, svc, netpol = k["DaemonSet"], k["ServiceAccount"], k.get("Service"), k.get("NetworkPolicy")
+    present = [o for o in (ds, svc, sa, netpol) if o is not None]
+    problems = []
+    for obj in present:
+        if obj["metadata"].get("namespace") != ns:
+            problems.append(f"{obj['kind']} is not in namespace {ns}")
 
     spec = ds["spec"]
     pod = spec["template"]["spec"]
     pod_labels = spec["template"]["metadata"]["labels"]
     if any(pod_labels.get(key) != v for key, v in spec["selector"]["matchLabels"].items()):
         problems.append("DaemonSet selector does not match its pod labels")
-    if any(pod_labels.get(key) != v for key, v in svc["spec"]["selector"].items()):
+    if svc is not None and any(pod_labels.get(key) != v for key, v in svc["spec"]["selector"].items()):
         problems.append("Service selector does not match the pods")
     if pod.get("serviceAccountName") != sa["metadata"]["name"]:
         problems.append("pods do not use the ServiceAccount")
@@ -153,22 +171,38 @@ def cmd_manifests() -> str:
         problems.append("no RollingUpdate maxUnavailable")
 
     (c,) = pod["containers"]
-    problems += check_serve_args(c.get("args", []), f"{MANIFEST.name} args")
+    problems += check_serve_args(c.get("args", []), f"{where} args")
     args = c.get("args", [])
     listen = args[args.index("--listen") + 1] if "--listen" in args else "0.0.0.0:9717"
     port = int(listen.rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
     if ports.get("metrics") != port:
         problems.append(f"containerPort `metrics` {ports.get('metrics')} is not the --listen port {port}")
+    schemes = set()
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
         g = c.get(probe, {}).get("httpGet", {})
         if g.get("path") != path or g.get("port") not in ("metrics", port):
             problems.append(f"{probe} must GET {path} on the metrics port, not {g}")
-    (sp,) = svc["spec"]["ports"]
-    if sp.get("targetPort") not in ("metrics", port) or sp.get("port") != port:
-        problems.append(f"Service port {sp} does not lead to the metrics port")
-    if svc["spec"].get("clusterIP") != "None":
-        problems.append("the Service must be headless (clusterIP: None)")
+        schemes.add(g.get("scheme", "HTTP"))
+    if len(schemes) != 1:
+        problems.append(f"the probes disagree on the scheme: {sorted(schemes)}")
+    if svc is not None:
+        (sp,) = svc["spec"]["ports"]
+        if sp.get("targetPort") not in ("metrics", port) or sp.get("port") != port:
+            problems.append(f"Service port {sp} does not lead to the metrics port")
+        if svc["spec"].get("clusterIP") != "None":
+            problems.append("the Service must be headless (clusterIP: None)")
+    if netpol is not None:
+        np_spec = netpol["spec"]
+        sel = np_spec.get("podSelector", {}).get("matchLabels", {})
+        if not sel or any(pod_labels.get(key) != v for key, v in sel.items()):
+            problems.append(f"NetworkPolicy podSelector {sel} does not select the pods")
+        for rule in np_spec.get("ingress", []):
+            for p in rule.get("ports", []):
+                if p.get("port") not in ("metrics", port):
+                    problems.append(f"NetworkPolicy admits port {p.get('port')}, not the metrics port")
+        if not any(r.get("ports") for r in np_spec.get("ingress", [])):
+            problems.append("NetworkPolicy does not admit anyone to the metrics port")
     env = {e["name"]: e for e in c.get("env", [])}
     if env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "spec.nodeName":
         problems.append("NODE_NAME must come from spec.nodeName")
@@ -188,7 +222,8 @@ def cmd_manifests() -> str:
             problems.append(f"{m['name']}: Bidirectional propagation needs a privileged container")
     for flag, default in (("--containerd-socket", "/run/containerd/containerd.sock"),
                           ("--crio-socket", "/run/crio/crio.sock"),
-                          ("--docker-socket", "/var/run/docker.sock")):
+                          ("--docker-socket", "/var/run/docker.sock"),
+                          ("--web.config.file", "")):
         value = next((a.split("=", 1)[1] for a in args if a.startswith(flag + "=")), default)
         if value and not any(value.startswith(p.rstrip("/") + "/") or value == p for p in by_path):
             problems.append(f"{flag} {value} is not under any mounted path")
@@ -202,9 +237,8 @@ def cmd_manifests() -> str:
     limits = c.get("resources", {}).get("limits", {})
     if "memory" not in limits:
         problems.append("no memory limit")
-    fail_if(problems)
-    return (f"DaemonSet, Service, ServiceAccount consistent; args known to `fathom serve`; "
-            f"{len(mounts)} mounts; port {port}")
+    return (f"{', '.join(o['kind'] for o in present)} consistent; args known to `fathom serve`; "
+            f"{len(mounts)} mounts; port {port}"), problems
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,7 +280,16 @@ def check_relabelings(items: list, where: str) -> list[str]:
 def cmd_servicemonitor() -> str:
     k = by_kind(load_docs(MANIFEST))
     (sm,) = load_docs(SERVICEMONITOR)
-    svc = k["Service"]
+    fail_if(check_servicemonitor(sm, k["Service"], k["DaemonSet"]))
+    return SERVICEMONITOR_OK
+
+
+SERVICEMONITOR_OK = ("selects the Service's `metrics` port, job=\"fathom\", keeps fathom's "
+                     "namespace/pod labels (structural: no CRD schema offline)")
+
+
+def check_servicemonitor(sm: dict, svc: dict, ds: dict) -> list[str]:
+    """Problems of a ServiceMonitor meant to scrape the pods of `ds` behind `svc`."""
     problems = []
     if sm.get("apiVersion") != "monitoring.coreos.com/v1" or sm.get("kind") != "ServiceMonitor":
         problems.append(f"not a monitoring.coreos.com/v1 ServiceMonitor: {sm.get('apiVersion')} {sm.get('kind')}")
@@ -286,8 +329,11 @@ def cmd_servicemonitor() -> str:
         if not dropped or not all(re.fullmatch(dropped[0]["regex"], n) for n in ("namespace", "pod")):
             problems.append(f"endpoints[{i}]: the target's namespace/pod labels must be dropped "
                             "(they would rename fathom's own namespace/pod labels)")
-    fail_if(problems)
-    return "selects the Service's `metrics` port, job=\"fathom\", keeps fathom's namespace/pod labels (structural: no CRD schema offline)"
+        (c,) = ds["spec"]["template"]["spec"]["containers"]
+        probe = c.get("readinessProbe", {}).get("httpGet", {}).get("scheme", "HTTP")
+        if ep.get("scheme", "http").lower() != probe.lower():
+            problems.append(f"endpoints[{i}].scheme {ep.get('scheme', 'http')} but the probes use {probe}")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,7 +400,51 @@ def cmd_helm() -> str:
                         "cp deploy/prometheus/alerts.yaml deploy/helm/fathom/files/alerts.yaml")
     fail_if(problems)
     return (f"Chart.yaml/values.yaml parse, {refs} .Values references exist, {len(flags)} flags "
-            f"known to `fathom serve`, alerts copy identical (render with `helm template`)")
+            f"known to `fathom serve`, alerts copy identical")
+
+
+# Kinds in a render of the chart that kubernetes-validate has no schema for (the Prometheus
+# Operator's CRDs): checked here instead.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def cmd_chart_render(rendered: str, namespace: str, kinds: str, out_dir: str) -> str:
+    """A `helm template` output: exactly the comma-separated `kinds`, all in `namespace`.
+    Writes the built-in objects, as rendered, to OUT_DIR/builtin.yaml (for kubernetes-validate)
+    and a PrometheusRule's groups to OUT_DIR/rules.yaml (for promtool); checks the workload's
+    cross-references and a ServiceMonitor against the Service."""
+    text = Path(rendered).read_text()
+    chunks = [c for c in re.split(r"^---[ \t]*$", text, flags=re.M) if yaml.safe_load(c) is not None]
+    if not chunks:
+        raise CheckFailed(f"{rendered}: helm rendered nothing")
+    docs = [yaml.safe_load(c) for c in chunks]
+    problems = []
+    got, want = sorted(d.get("kind", "?") for d in docs), sorted(kinds.split(","))
+    if got != want:
+        problems.append(f"rendered {got}, expected {want}")
+    k = by_kind(docs)
+    for d in docs:
+        if d.get("metadata", {}).get("namespace") != namespace:
+            problems.append(f"{d.get('kind')} is not in the release namespace {namespace}")
+    out = Path(out_dir)
+    builtin = [c for c, d in zip(chunks, docs) if d.get("kind") not in CRD_KINDS]
+    (out / "builtin.yaml").write_text("".join("---" + c for c in builtin))
+    summary, more = check_workload(k, namespace, "chart DaemonSet")
+    problems += more
+    if "ServiceMonitor" in k:
+        if "Service" not in k:
+            problems.append("a ServiceMonitor without the Service it selects")
+        else:
+            problems += [f"ServiceMonitor: {p}" for p in check_servicemonitor(k["ServiceMonitor"], k["Service"], k["DaemonSet"])]
+        summary += "; ServiceMonitor selects the Service, job=\"fathom\", keeps fathom's namespace/pod labels"
+    if "PrometheusRule" in k:
+        spec = k["PrometheusRule"].get("spec")
+        if spec != yaml.safe_load(ALERTS.read_text()):
+            problems.append("the PrometheusRule's spec is not the content of deploy/prometheus/alerts.yaml")
+        (out / "rules.yaml").write_text(yaml.safe_dump(spec))
+        summary += "; PrometheusRule = alerts.yaml"
+    fail_if(problems)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------
@@ -649,7 +739,8 @@ def main() -> int:
         return 2
     cmd, rest = sys.argv[1], sys.argv[2:]
     commands = {"manifests": cmd_manifests, "servicemonitor": cmd_servicemonitor,
-                "helm": cmd_helm, "scrape-config-static": cmd_scrape_config_static,
+                "helm": cmd_helm, "chart-render": cmd_chart_render,
+                "scrape-config-static": cmd_scrape_config_static,
                 "dashboard": cmd_dashboard, "metric-names": cmd_metric_names,
                 "live-families": cmd_live_families}
     if cmd not in commands:
