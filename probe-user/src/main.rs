@@ -212,7 +212,20 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(EXIT_PREREQUISITE as u8)
 }
 
+/// One glibc malloc arena for the whole process (set before any thread starts). With one
+/// arena per thread, every tokio worker and the cgroup sampler kept megabytes of freed scrape
+/// garbage that a trim of their arena seldom returned (measured: 28 MiB anon with 1,000
+/// pods, 6 MiB of it in use); fathom's threads allocate little concurrently.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     let log_env = std::env::var("FATHOM_LOG").ok();
     let filter = match fathom::input::log_filter(log_env.as_deref()) {

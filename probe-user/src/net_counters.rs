@@ -241,10 +241,15 @@ pub fn forget_netns(
                 k.netns == netns
             })?;
     }
-    // A slot still holding the namespace would flush into DROPS later and bring the key
-    // back, counted a second time. (The slots are rewritten from a copy read just before:
-    // a drop counted on another CPU in between is lost.)
-    if let Some(m) = ebpf.map_mut("LAST_DROP") {
+    // Without cookies (kernels before 5.14) a slot still holding the namespace would flush
+    // into DROPS later and bring the key back, to be counted a second time: the slot is
+    // cleared, by rewriting every CPU's slot from a copy read just before (a drop counted on
+    // another CPU in between is lost). With cookies nothing is written: the serving side
+    // retires the gone namespace's cookie and leaves out, and deletes again, any key of it
+    // that comes back.
+    if cookie.is_none()
+        && let Some(m) = ebpf.map_mut("LAST_DROP")
+    {
         let mut last: PerCpuArray<&mut MapData, LastDrop> =
             PerCpuArray::try_from(m).map_err(map_err("LAST_DROP"))?;
         let slots = last.get(&0, 0).map_err(map_err("LAST_DROP"))?;

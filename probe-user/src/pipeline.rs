@@ -838,7 +838,7 @@ fn to_event(oom: &mut OomInterpreter, record: &[u8]) -> Option<Event> {
 }
 
 /// Returns free heap pages to the kernel (glibc's `malloc_trim`; a no-op elsewhere).
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the allocator.
     unsafe {

@@ -206,7 +206,12 @@ fn reclaim_stall_in_a_memory_cgroup_matches_psi_and_the_kill_carries_it() {
 
     let path = format!("/{}", cg.rel_path());
     let labels = [("cgroup", path.as_str())];
-    let samples = serve.samples();
+    // The cgroup files are read every FILES_EVERY (10 s): wait for a reading after the kill.
+    let mut samples = Vec::new();
+    wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        samples = serve.samples();
+        value_of(&samples, "fathom_memory_limit_hits_total", &labels) == Some(hits as f64)
+    });
     let (stall, stalls) = stall_of(&samples, &labels);
     assert!(stalls > 0.0, "no reclaim stall exported for {path}");
     assert_stall_matches_psi(stall, psi, &path);
@@ -323,12 +328,13 @@ fn runc_containers_show_their_pressure_and_one_below_its_limit_shows_zero() {
 
     let a = [("pod", uid_a.as_str()), ("container", id_a.as_str())];
     let b = [("pod", uid_b.as_str()), ("container", id_b.as_str())];
-    // The calm container is found by the attribution's process scan (every 5 s).
+    // The calm container is found by the attribution's process scan (every 5 s), and the
+    // cgroup files are read every FILES_EVERY (10 s): wait for a reading after the kill.
     let mut samples = Vec::new();
-    let found = wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+    let found = wait_until(Duration::from_secs(40), Duration::from_millis(500), || {
         samples = serve.samples();
         value_of(&samples, "fathom_memory_limit_hits_total", &b).is_some()
-            && value_of(&samples, "fathom_memory_limit_hits_total", &a).is_some()
+            && value_of(&samples, "fathom_memory_limit_hits_total", &a) == Some(hits_a as f64)
     });
     assert!(
         found,

@@ -41,6 +41,7 @@ mod healthy;
 mod http;
 mod pods;
 mod process;
+mod reclaim;
 mod report;
 mod signals;
 

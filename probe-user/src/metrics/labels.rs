@@ -6,7 +6,7 @@
 //! path the kernel recorded: it knows pod UIDs and container ids, not names. The Kubernetes
 //! attribution (pod names, namespaces, container names) plugs in as another `LabelSource`.
 
-use std::path::{Path, PathBuf};
+use std::{path::Path, sync::Arc};
 
 use crate::{cgroup::Hierarchies, container, oom::OomKill};
 
@@ -40,8 +40,9 @@ pub enum Anchor {
     /// Never expires: host-level series and fixed label sets.
     Host,
     /// A cgroup directory (absolute path in a mounted hierarchy): the pod's cgroup for a pod,
-    /// the container's for a container outside a pod, else the cgroup itself.
-    Cgroup(PathBuf),
+    /// the container's for a container outside a pod, else the cgroup itself. Shared: every
+    /// series of a workload holds one.
+    Cgroup(Arc<Path>),
     /// A network namespace (its inode): exists while the network topology lists it (see
     /// [`super::netns_labels`]).
     Netns(u32),
@@ -122,7 +123,8 @@ impl CgroupPathLabels {
             Some(r) => Anchor::Cgroup(
                 parts[..anchor_depth]
                     .iter()
-                    .fold(r.to_path_buf(), |p, c| p.join(c)),
+                    .fold(r.to_path_buf(), |p, c| p.join(c))
+                    .into(),
             ),
             // No mount to check against: never expire rather than expire a live workload.
             None => Anchor::Host,
@@ -225,7 +227,7 @@ mod tests {
         assert_eq!(l.cgroup, "", "a container's path is no label");
         assert_eq!(
             a,
-            Anchor::Cgroup(format!("/cg/memory/kubepods/burstable/pod{UID}").into())
+            Anchor::Cgroup(Path::new(&format!("/cg/memory/kubepods/burstable/pod{UID}")).into())
         );
     }
 
@@ -238,7 +240,7 @@ mod tests {
         assert_eq!((l.pod.as_str(), l.container.as_str()), ("", ID));
         assert_eq!(
             a,
-            Anchor::Cgroup(format!("/r/system.slice/docker-{ID}.scope").into())
+            Anchor::Cgroup(Path::new(&format!("/r/system.slice/docker-{ID}.scope")).into())
         );
     }
 
@@ -247,7 +249,10 @@ mod tests {
         let (l, a) = source().for_path("/system.slice/nginx.service", Some(Path::new("/r")));
         assert_eq!(l.cgroup, "/system.slice/nginx.service");
         assert_eq!((l.pod.as_str(), l.container.as_str()), ("", ""));
-        assert_eq!(a, Anchor::Cgroup("/r/system.slice/nginx.service".into()));
+        assert_eq!(
+            a,
+            Anchor::Cgroup(Path::new("/r/system.slice/nginx.service").into())
+        );
         assert_eq!(
             source().for_path("/", Some(Path::new("/r"))),
             (WorkloadLabels::default(), Anchor::Host)
@@ -259,7 +264,7 @@ mod tests {
     #[test]
     fn anchors_exist_while_their_directory_does() {
         assert!(Anchor::Host.exists());
-        assert!(Anchor::Cgroup("/".into()).exists());
-        assert!(!Anchor::Cgroup("/nonexistent/fathom".into()).exists());
+        assert!(Anchor::Cgroup(Path::new("/").into()).exists());
+        assert!(!Anchor::Cgroup(Path::new("/nonexistent/fathom").into()).exists());
     }
 }

@@ -174,15 +174,16 @@ impl Metrics {
         labels: Arc<dyn labels::LabelSource>,
         opts: &MetricsOptions,
     ) {
-        self.registry
-            .register_collector(Box::new(pressure::MemoryPressure::new(
-                kernel,
-                attributor,
-                labels,
-                crate::cgroup::Hierarchies::detect(),
-                opts.series_ttl,
-                opts.workload_labels,
-            )));
+        let p = Arc::new(pressure::MemoryPressure::new(
+            kernel,
+            attributor,
+            labels,
+            crate::cgroup::Hierarchies::detect(),
+            opts.series_ttl,
+            opts.workload_labels,
+        ));
+        p.start_sampling();
+        self.registry.register_collector(Box::new(p));
     }
 
     /// Fetches what collectors cannot read synchronously (fragment-queue memory, read inside

@@ -120,13 +120,23 @@ impl NetnsIdentity {
                 h.retired.retain(|c| *c != holder);
                 h.current = holder;
             }
-            for c in fresh.into_iter().filter(|c| *c != holder) {
+            for c in fresh.iter().copied().filter(|c| *c != holder) {
                 h.retire(c);
-                out.retired.push(Gone {
-                    netns: ns,
-                    cookie: Some(c),
-                    inode_free: false,
-                });
+            }
+            // Every retired cookie still in the maps goes again: a per-CPU last-key slot
+            // flushes a gone namespace's key back into `DROPS` when its CPU next drops.
+            for &c in cookies.iter().filter(|c| h.retired.contains(c)) {
+                if !out
+                    .retired
+                    .iter()
+                    .any(|g| g.netns == ns && g.cookie == Some(c))
+                {
+                    out.retired.push(Gone {
+                        netns: ns,
+                        cookie: Some(c),
+                        inode_free: false,
+                    });
+                }
             }
         }
         out
@@ -240,10 +250,20 @@ mod tests {
         assert!(id.keeps(7, 88));
         assert!(!id.keeps(7, 4171));
         assert_eq!(id.holder(7), Some(88));
-        // The old cookie never comes back (a per-CPU slot flushing late).
+        // The old cookie never comes back (a per-CPU slot flushing late): its keys are
+        // deleted again whenever they show up.
         let o = id.observe([(7, 4171), (7, 88)], &none);
-        assert_eq!(o, Observed::default());
+        assert!(o.reused.is_empty());
+        assert_eq!(
+            o.retired,
+            vec![Gone {
+                netns: 7,
+                cookie: Some(4171),
+                inode_free: false
+            }]
+        );
         assert!(!id.keeps(7, 4171));
+        assert_eq!(id.observe([(7, 88)], &none), Observed::default());
         // Cookie 0 (no cookies in this kernel) is always kept.
         assert!(id.keeps(7, 0));
     }

@@ -2,7 +2,8 @@
 //! - `fathom_memory_reclaim_stall_seconds{…,kind}`: histogram of reclaim stalls from the
 //!   kernel's `RECLAIM` map (`kind` = `memcg`: the cgroup's own limit; `direct`: the node was
 //!   short of memory), every memory cgroup that stalled;
-//! - from the cgroup files, for every tracked cgroup with a memory limit:
+//! - from the cgroup files, read in the background every [`FILES_EVERY`] (a scrape serves the
+//!   last reading), for every tracked cgroup with a memory limit:
 //!   `fathom_memory_limit_hits_total`, `fathom_memory_high_events_total`,
 //!   `fathom_memory_oom_events_total`, `fathom_memory_oom_kill_events_total`,
 //!   `fathom_memory_pressure_stall_seconds_total{kind=some|full}` (PSI), and the gauges
@@ -35,18 +36,53 @@ use crate::{
     cgroup::Hierarchies,
     pipeline::Kernel,
     pressure::{
-        files::CgroupDirs,
+        files::{self, CgroupDirs},
         kernel::{self, ReclaimStats},
         tracked::Tracked,
     },
 };
 
-/// Memory cgroups read at scrape time at most.
+/// Memory cgroups whose files are read at most.
 const MAX_TRACKED: usize = 4096;
 
+/// How often the tracked cgroups' files are read, in the background: a scrape serves the last
+/// reading instead of opening ~7 files per cgroup (with 2,000 limited cgroups that was most
+/// of a 90 ms scrape here; read every 10 s it is ~0.4 % of a core). cAdvisor's housekeeping
+/// reads cgroups on the same order of interval.
+pub const FILES_EVERY: Duration = Duration::from_secs(10);
+
+/// The kernel's buckets (bit lengths of microsecond units: upper bounds 1.024 µs · 2^i)
+/// whose upper bound is an exported `le`, one in two — 32.8 µs, 131 µs, 524 µs, 2.1 ms,
+/// 8.4 ms, 33.6 ms, 134 ms, 537 ms, 2.15 s — then `+Inf`. Ten buckets instead of the kernel's
+/// 24: a histogram per container is 12 series, not 26 (a node with 1,000 limited pods
+/// exported 7 MiB per scrape with all 24).
+const EXPORTED_UPPER: [usize; 9] = [5, 7, 9, 11, 13, 15, 17, 19, 21];
+const EXPORTED_BUCKETS: usize = EXPORTED_UPPER.len() + 1;
+
 /// Histogram slots after the buckets.
-const SLOT_COUNT: u8 = RECLAIM_BUCKETS as u8;
-const SLOT_SUM_NS: u8 = RECLAIM_BUCKETS as u8 + 1;
+const SLOT_COUNT: u8 = EXPORTED_BUCKETS as u8;
+const SLOT_SUM_NS: u8 = EXPORTED_BUCKETS as u8 + 1;
+const HISTOGRAM_SLOTS: usize = EXPORTED_BUCKETS + 2;
+
+/// The kernel's bucket counts folded into the exported buckets (per bucket, not cumulative).
+fn exported_buckets(kernel: &[u64; RECLAIM_BUCKETS]) -> [u64; EXPORTED_BUCKETS] {
+    let mut out = [0u64; EXPORTED_BUCKETS];
+    for (i, n) in kernel.iter().enumerate() {
+        let j = EXPORTED_UPPER
+            .iter()
+            .position(|&u| i <= u)
+            .unwrap_or(EXPORTED_BUCKETS - 1);
+        out[j] += n;
+    }
+    out
+}
+
+/// Upper bound of exported bucket `j` in seconds.
+fn exported_upper_seconds(j: usize) -> f64 {
+    EXPORTED_UPPER
+        .get(j)
+        .map_or(f64::INFINITY, |&i| reclaim_bucket_upper_seconds(i))
+}
 
 /// File counters (slot of the `files` store).
 const LIMIT_HITS: u8 = 0;
@@ -57,10 +93,13 @@ const PSI_SOME_US: u8 = 4;
 const PSI_FULL_US: u8 = 5;
 
 type StallKey = (u64, u32, u8);
-type StallLabels = (WorkloadLabels, &'static str, u8);
+/// Labels are shared by a workload's series (one allocation per cgroup and scrape, not one
+/// per bucket): with 1,000 pods the copies were most of the daemon's memory.
+type Labels = Arc<WorkloadLabels>;
+type StallLabels = (Labels, &'static str, u8);
 
 struct Gauge {
-    labels: WorkloadLabels,
+    labels: Labels,
     limit: u64,
     usage: Option<u64>,
     max_usage: Option<u64>,
@@ -69,7 +108,7 @@ struct Gauge {
 struct State {
     tracked: Tracked,
     stalls: CumulativeCounters<StallKey, StallLabels>,
-    files: CumulativeCounters<(String, u8), (WorkloadLabels, u8)>,
+    files: CumulativeCounters<(Arc<str>, u8), (Labels, u8)>,
     gauges: Vec<Gauge>,
     uncounted: ReclaimStats,
 }
@@ -119,16 +158,17 @@ impl MemoryPressure {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn labels_of(&self, path: &str) -> (WorkloadLabels, Anchor) {
+    fn labels_of(&self, path: &str) -> (Labels, Anchor) {
         if !self.workload_labels {
-            return (WorkloadLabels::default(), Anchor::Host);
+            return (Labels::default(), Anchor::Host);
         }
         let w = self.attributor.by_cgroup_path(path);
-        self.labels.memory_cgroup(path, &w)
+        let (labels, anchor) = self.labels.memory_cgroup(path, &w);
+        (Arc::new(labels), anchor)
     }
 
-    /// Reads the kernel map and the tracked cgroups' files into the stores.
-    fn update(&self, now: Instant) {
+    /// Reads the kernel map into the stall store (at scrape time: one map read).
+    fn update_kernel(&self, now: Instant) {
         let kernel = self.kernel.with_ebpf(|ebpf| {
             Ok::<_, crate::net_counters::CountersError>((
                 kernel::stalls(ebpf)?,
@@ -139,7 +179,7 @@ impl MemoryPressure {
         match kernel {
             Ok((stalls, stats)) => {
                 st.uncounted = stats;
-                let mut readings = Vec::with_capacity(stalls.len() * (RECLAIM_BUCKETS + 2));
+                let mut readings = Vec::with_capacity(stalls.len() * HISTOGRAM_SLOTS);
                 for ((id, kind), s) in &stalls {
                     let path = self.attributor.by_cgroup_id(Hierarchy::Memory, *id);
                     let (labels, anchor) = match path.as_deref() {
@@ -148,7 +188,7 @@ impl MemoryPressure {
                             self.labels_of(p)
                         }
                         // Not resolvable (yet): counted without workload labels.
-                        None => (WorkloadLabels::default(), Anchor::Host),
+                        None => (Labels::default(), Anchor::Host),
                     };
                     let kind_name = kernel::kind_name(*kind);
                     let mut push = |slot: u8, v: u64| {
@@ -159,8 +199,8 @@ impl MemoryPressure {
                             anchor.clone(),
                         ))
                     };
-                    for (i, b) in s.buckets.iter().enumerate() {
-                        push(i as u8, *b);
+                    for (j, b) in exported_buckets(&s.buckets).into_iter().enumerate() {
+                        push(j as u8, b);
                     }
                     push(SLOT_COUNT, s.count);
                     push(SLOT_SUM_NS, s.total_ns);
@@ -170,26 +210,43 @@ impl MemoryPressure {
             Err(e) => warn!(error = %e, "cannot read the reclaim stall map"),
         }
 
-        for p in self.attributor.container_cgroups() {
-            st.tracked.add(&p);
+        let live = |a: &Anchor| self.labels.is_alive(a);
+        let expired = st.stalls.expire(now, &live);
+        if expired > 0 {
+            debug!(expired, "reclaim stall series of gone workloads expired");
         }
+    }
+
+    /// Reads the tracked cgroups' files into the stores (see [`FILES_EVERY`]). The state is
+    /// locked only to take the list and to store the readings, not while the files are read.
+    fn update_files(&self, now: Instant) {
         let Some(memory_root) = self.hier.memory.clone() else {
             return;
         };
+        let paths: Vec<String> = {
+            let mut st = self.lock();
+            for p in self.attributor.container_cgroups() {
+                st.tracked.add(&p);
+            }
+            st.tracked.paths().map(str::to_string).collect()
+        };
         let unified_root = self.hier.unified.clone();
-        let dirs = |p: &str| CgroupDirs::of(p, &memory_root, unified_root.as_deref());
-        st.tracked.retain(|p| dirs(p).memory.is_dir());
+        let v2 = files::is_v2(&memory_root);
+        let dirs = |p: &str| CgroupDirs::of_layout(p, &memory_root, v2, unified_root.as_deref());
         let mut readings = Vec::new();
         let mut gauges = Vec::new();
-        let paths: Vec<String> = st.tracked.paths().map(str::to_string).collect();
+        let mut gone: Vec<String> = Vec::new();
         for p in paths {
             let d = dirs(&p);
-            // One read first: cgroups without a limit are not reported.
-            if d.limit_bytes().is_none() {
+            // Cgroups without a limit are not reported (one read); a gone one is untracked.
+            let Some(f) = d.read_if_limited() else {
+                if !d.memory.is_dir() {
+                    gone.push(p);
+                }
                 continue;
-            }
-            let f = d.read();
+            };
             let Some(limit) = f.limit_bytes else { continue };
+            let p: Arc<str> = p.into();
             let (labels, anchor) = self.labels_of(&p);
             let counters = [
                 (LIMIT_HITS, f.limit_hits),
@@ -213,12 +270,36 @@ impl MemoryPressure {
                 });
             }
         }
+        let mut st = self.lock();
+        if !gone.is_empty() {
+            let gone: std::collections::HashSet<String> = gone.into_iter().collect();
+            st.tracked.retain(|p| !gone.contains(p));
+        }
         st.files.observe(readings, now);
         st.gauges = gauges;
         let live = |a: &Anchor| self.labels.is_alive(a);
-        let expired = st.stalls.expire(now, &live) + st.files.expire(now, &live);
+        let expired = st.files.expire(now, &live);
         if expired > 0 {
             debug!(expired, "memory pressure series of gone workloads expired");
+        }
+    }
+
+    /// Reads the cgroup files now and then every [`FILES_EVERY`] on a thread of its own,
+    /// for as long as the collector lives.
+    pub fn start_sampling(self: &Arc<Self>) {
+        self.update_files(Instant::now());
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("fathom-pressure".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FILES_EVERY);
+                    let Some(p) = weak.upgrade() else { return };
+                    p.update_files(Instant::now());
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the cgroup-file sampler: limit and PSI series stay as first read");
         }
     }
 }
@@ -235,7 +316,7 @@ fn workload_pairs(l: &WorkloadLabels) -> [(&'static str, &str); 4] {
 
 impl Collector for MemoryPressure {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        self.update(Instant::now());
+        self.update_kernel(Instant::now());
         let st = self.lock();
 
         let mut f = encoder.encode_descriptor(
@@ -244,25 +325,22 @@ impl Collector for MemoryPressure {
             None,
             MetricType::Histogram,
         )?;
-        // Group the store's (labels, kind, slot) series into one histogram each.
-        let mut hist: Vec<((WorkloadLabels, &'static str), [u64; RECLAIM_BUCKETS + 2])> =
-            Vec::new();
-        for ((labels, kind, slot), v) in st.stalls.store().snapshot() {
-            let key = (labels, kind);
-            match hist.last_mut() {
-                Some((k, slots)) if *k == key => slots[slot as usize] = v,
-                _ => {
-                    let mut slots = [0u64; RECLAIM_BUCKETS + 2];
-                    slots[slot as usize] = v;
-                    hist.push((key, slots));
-                }
-            }
+        // Group the store's (labels, kind, slot) series into one histogram each (hashed:
+        // sorting every slot's series by their labels was a third of a scrape), then order
+        // the histograms.
+        let mut grouped: HashMap<(Labels, &'static str), [u64; HISTOGRAM_SLOTS]> = HashMap::new();
+        for ((labels, kind, slot), v) in st.stalls.store().iter() {
+            grouped
+                .entry((labels.clone(), *kind))
+                .or_insert([0; HISTOGRAM_SLOTS])[*slot as usize] = v;
         }
+        let mut hist: Vec<_> = grouped.into_iter().collect();
+        hist.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((labels, kind), slots) in &hist {
             let [a, b, c, d] = workload_pairs(labels);
             let set = [a, b, c, d, ("kind", *kind)];
-            let buckets: Vec<(f64, u64)> = (0..RECLAIM_BUCKETS)
-                .map(|i| (reclaim_bucket_upper_seconds(i), slots[i]))
+            let buckets: Vec<(f64, u64)> = (0..EXPORTED_BUCKETS)
+                .map(|j| (exported_upper_seconds(j), slots[j]))
                 .collect();
             f.encode_family(&set)?.encode_histogram::<NoLabelSet>(
                 slots[SLOT_SUM_NS as usize] as f64 / 1e9,
@@ -272,7 +350,10 @@ impl Collector for MemoryPressure {
             )?;
         }
 
-        let snapshot = st.files.store().snapshot();
+        // In the store's order: sorting every series by its labels was most of a scrape with
+        // thousands of cgroups (string compares), and Prometheus takes a family's series in
+        // any order.
+        let snapshot: Vec<(&(Labels, u8), u64)> = st.files.store().iter().collect();
         for (name, slot, help) in [
             (
                 "fathom_memory_limit_hits",
@@ -362,5 +443,34 @@ impl Collector for MemoryPressure {
         ConstCounter::new(st.uncounted.unmatched_end)
             .encode(f.encode_family(&[("reason", "unmatched_end")])?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_buckets_fold_into_the_exported_ones() {
+        let mut k = [0u64; RECLAIM_BUCKETS];
+        k[0] = 1; // < 1 µs
+        k[5] = 2; // < 32.8 µs: still the first exported bucket
+        k[6] = 4; // < 65.5 µs: the second
+        k[21] = 8; // < 2.15 s: the last finite one
+        k[22] = 16; // < 4.3 s
+        k[23] = 32; // beyond
+        let e = exported_buckets(&k);
+        assert_eq!(e[0], 3);
+        assert_eq!(e[1], 4);
+        assert_eq!(e[EXPORTED_BUCKETS - 2], 8);
+        assert_eq!(e[EXPORTED_BUCKETS - 1], 48);
+        assert_eq!(e.iter().sum::<u64>(), k.iter().sum::<u64>());
+        assert_eq!(exported_upper_seconds(0), reclaim_bucket_upper_seconds(5));
+        assert!((exported_upper_seconds(0) - 32.768e-6).abs() < 1e-12);
+        assert!(exported_upper_seconds(EXPORTED_BUCKETS - 1).is_infinite());
+        // Increasing bounds, as Prometheus requires.
+        for j in 1..EXPORTED_BUCKETS {
+            assert!(exported_upper_seconds(j) > exported_upper_seconds(j - 1));
+        }
     }
 }

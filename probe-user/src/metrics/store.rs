@@ -137,6 +137,11 @@ impl<L: Clone + Eq + Hash + Ord> CounterStore<L> {
         before - self.series.len()
     }
 
+    /// Every series and its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&L, u64)> {
+        self.series.iter().map(|(l, s)| (l, s.value))
+    }
+
     /// Every series and its value, sorted by labels (stable output for scrapes and tests).
     pub fn snapshot(&self) -> Vec<(L, u64)> {
         let mut v: Vec<(L, u64)> = self
@@ -230,14 +235,13 @@ impl<K: Clone + Eq + Hash, L: Clone + Eq + Hash + Ord> CumulativeCounters<K, L> 
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
 
     const TTL: Duration = Duration::from_secs(10);
 
     fn cg(p: &str) -> Anchor {
-        Anchor::Cgroup(PathBuf::from(p))
+        Anchor::Cgroup(std::path::Path::new(p).into())
     }
 
     #[test]

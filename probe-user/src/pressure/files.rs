@@ -54,8 +54,18 @@ pub struct CgroupDirs {
 impl CgroupDirs {
     /// The directories of `path` (relative to the hierarchy roots, "/a/b").
     pub fn of(path: &str, memory_root: &Path, unified_root: Option<&Path>) -> Self {
+        Self::of_layout(path, memory_root, is_v2(memory_root), unified_root)
+    }
+
+    /// [`Self::of`] with the memory hierarchy's version known ([`is_v2`] of its root): no
+    /// file system access, for callers that take many cgroups at a time.
+    pub fn of_layout(
+        path: &str,
+        memory_root: &Path,
+        memory_is_v2: bool,
+        unified_root: Option<&Path>,
+    ) -> Self {
         let rel = path.trim_start_matches('/');
-        let memory_is_v2 = memory_root.join("cgroup.controllers").exists();
         let memory = memory_root.join(rel);
         let unified = if memory_is_v2 {
             Some(memory.clone())
@@ -67,6 +77,13 @@ impl CgroupDirs {
             memory_is_v2,
             unified,
         }
+    }
+
+    /// [`Self::read`] for a cgroup with a memory limit; `None` without one (or when the
+    /// cgroup is gone): the limit is read first, and only then the rest.
+    pub fn read_if_limited(&self) -> Option<CgroupPressure> {
+        self.limit_bytes()?;
+        Some(self.read())
     }
 
     /// Reads every file (a handful of small reads from kernfs, no disk I/O).
@@ -127,8 +144,28 @@ impl CgroupDirs {
     }
 }
 
+/// Whether a memory hierarchy root is cgroup2.
+pub fn is_v2(memory_root: &Path) -> bool {
+    memory_root.join("cgroup.controllers").exists()
+}
+
+/// A small kernfs file: open, read until EOF into a stack buffer, close (no `statx` for a size
+/// hint as `fs::read_to_string` makes: these files report size 4096 and are a few lines).
+/// Thousands of cgroups are read per scrape. Longer files (not read here) are cut at 1 KiB.
 fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 fn number(t: &str) -> Option<u64> {

@@ -167,7 +167,12 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let format = Format::from_accept(accept);
     s.metrics.refresh().await;
     match s.metrics.encode(format) {
-        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Ok(body) => {
+            if body.len() >= TRIM_AFTER_BODY_BYTES {
+                trim_soon();
+            }
+            ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+        }
         Err(e) => {
             error!(error = %e, "encoding metrics failed");
             (
@@ -177,6 +182,24 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
                 .into_response()
         }
     }
+}
+
+/// A scrape this large (a node with hundreds of limited pods) leaves megabytes of freed heap in
+/// the serving thread's malloc arena, which glibc keeps until a trim (measured: 35 MiB anon
+/// with 1,000 pods, 6 MiB of it live). The periodic trim runs every minute.
+const TRIM_AFTER_BODY_BYTES: usize = 1 << 20;
+
+/// Hands freed heap back a second after a large scrape (once, however many scrapes overlap).
+fn trim_soon() {
+    static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        PENDING.store(false, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(crate::pipeline::trim_heap).await;
+    });
 }
 
 async fn readyz_handler(State(s): State<AppState>) -> Response {

@@ -47,7 +47,8 @@ pub fn pods_phase(
     r.startup.serve_ready_with_pods = Some(d.ready);
     r.idle_before_kills = Some(idle(d.pid(), s.idle)?);
 
-    let kills = tree.kill_all()?;
+    let (kills, reclaim) = super::reclaim::measure(d.pid(), || tree.kill_all())?;
+    r.reclaim = Some(reclaim);
     p.killed = kills.killed;
     p.survived = kills.survived;
     p.kernel_oom_kills = kills.kernel_oom_kills;

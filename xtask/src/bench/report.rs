@@ -138,6 +138,8 @@ pub struct Results {
     pub scrape: Option<Scrape>,
     /// `fathom serve` under a flood of idle and half-request connections.
     pub conn_flood: Option<super::conn_flood::ConnFlood>,
+    /// The reclaim programs over the pods' OOM kills.
+    pub reclaim: Option<super::reclaim::ReclaimCost>,
     pub startup: Startup,
     /// Healthy traffic, fathom off and on (see `healthy`).
     pub healthy: Vec<super::healthy::Healthy>,
@@ -417,6 +419,19 @@ impl Results {
                 "< 30 MiB, < 1 %",
             )),
         }
+        match &self.reclaim {
+            Some(c) => rows.push(row(
+                &format!("kernel ns per reclaim stall, {pods} OOM-killed pods"),
+                format!("{:.0} ns ({} stalls)", c.ns_per_stall, count(c.stalls)),
+                "",
+                c.programs
+                    .iter()
+                    .map(|p| format!("{} {:.0} ns x {}", p.name, p.ns_per_run, count(p.runs)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+            None => rows.push(missing("kernel ns per reclaim stall", "")),
+        }
         if let Some(i) = &self.idle_before_kills {
             rows.push(row(
                 &format!("daemon just started, {pods} pods' cgroups, no series"),
@@ -666,6 +681,7 @@ impl Results {
                 "kill_s": p.kill_s, "series": p.series, "series_wait_s": p.series_wait_s,
             })),
             "connection_flood": self.conn_flood.as_ref().map(|c| c.to_json()),
+            "reclaim": self.reclaim.as_ref().map(|c| c.to_json()),
             "startup_ms": median(&self.startup.serve_ready).map(ms),
             "startup": {
                 "serve_ready_ms": durations(&self.startup.serve_ready),
