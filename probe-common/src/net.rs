@@ -185,33 +185,6 @@ pub struct Counter {
 pub const DIRECTION_RX: u32 = 0;
 pub const DIRECTION_TX: u32 = 1;
 
-/// `IF_COUNTS` map key.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct IfKey {
-    pub netns: u32,
-    pub ifindex: u32,
-    /// [`DIRECTION_RX`] or [`DIRECTION_TX`].
-    pub direction: u32,
-    pub _pad: u32,
-}
-
-/// Per device and direction: IP fragments and (on VXLAN devices) encapsulated traffic.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfCounters {
-    /// IPv4/IPv6 fragments (MF set or offset ≠ 0).
-    pub frag_packets: u64,
-    pub frag_bytes: u64,
-    /// First fragments (offset 0): one per fragmented datagram.
-    pub frag_first: u64,
-    /// Frames through a VXLAN device (inner frames; tx = to be encapsulated).
-    pub vxlan_packets: u64,
-    pub vxlan_bytes: u64,
-    /// tx only: frames whose encapsulated (outer) packet exceeds the underlay MTU.
-    pub vxlan_oversize: u64,
-}
-
 /// `VXLAN_DEVS` map key (written by userspace from netlink).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -335,7 +308,7 @@ pub const DROP_SNAP_LEN: usize = 128;
 
 /// Slots of the `NET_STATS` per-CPU array.
 pub const NET_STAT_DROPS_MAP_FULL: u32 = 0;
-pub const NET_STAT_IF_MAP_FULL: u32 = 1;
+/// Slot 1 was the per-device fragment map's, gone with the per-packet programs.
 pub const NET_STAT_DROPS_SEEN: u32 = 2;
 pub const NET_STAT_SLOTS: u32 = 4;
 
@@ -361,8 +334,6 @@ mod pod {
     unsafe impl aya::Pod for super::NetConfig {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::Counter {}
-    unsafe impl aya::Pod for super::IfKey {}
-    unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::DevKey {}
     unsafe impl aya::Pod for super::VxlanDev {}
     unsafe impl aya::Pod for super::VxlanPathKey {}

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use probe_common::{
-    Counter, DevKey, DropKey, ExpireKey, IfCounters, IfKey, LastDrop, NET_STAT_SLOTS, NetContext,
-    RECLAIM_STAT_SLOTS, ReclaimKey, ReclaimStall, VxlanDev,
+    Counter, DevKey, DropKey, ExpireKey, LastDrop, NET_STAT_SLOTS, NetContext, RECLAIM_STAT_SLOTS,
+    ReclaimKey, ReclaimStall, VxlanDev,
 };
 
 /// Ring buffer of event records (`probe_common::EventHeader` first). 1 MiB: an OOM record is
@@ -35,10 +35,6 @@ pub static LAST_DROP: PerCpuArray<LastDrop> = PerCpuArray::with_max_entries(1, 0
 /// `ip6_frag_expire` run on a live queue: what the kernel counts as ReasmTimeout).
 #[map]
 pub static EXPIRED: PerCpuHashMap<ExpireKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
-
-/// Fragments and VXLAN traffic by (netns, device, direction).
-#[map]
-pub static IF_COUNTS: PerCpuHashMap<IfKey, IfCounters> = PerCpuHashMap::with_max_entries(8192, 0);
 
 /// VXLAN devices and their underlay MTU, maintained by userspace from netlink.
 #[map]

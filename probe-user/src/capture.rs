@@ -730,7 +730,7 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
         let mut totals =
             kernel.with_ebpf(|ebpf| -> Result<NetTotals, net_counters::CountersError> {
                 let drops = net_counters::drops(ebpf)?;
-                let ifs = net_counters::interfaces(ebpf)?;
+                let ifs = net_counters::vxlan_devices(ebpf)?;
                 let expired = if expiry {
                     Some(net_counters::expired(ebpf)?)
                 } else {

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use probe_common::{
-    Counter, DevKey, DropKey, ExpireKey, IfCounters, IfKey, LastDrop, NET_STAT_DROPS_MAP_FULL,
-    NET_STAT_DROPS_SEEN, NET_STAT_IF_MAP_FULL, NET_STAT_SLOTS, VXLAN_DEV_EXTERNAL,
-    VXLAN_STAT_COUNTS_MAP_FULL, VXLAN_STAT_NO_DEV, VXLAN_STAT_NO_TUNNEL_KEY, VXLAN_STAT_SLOTS,
-    VXLAN_STAT_UNKNOWN_DEV, VxlanCountKey, VxlanCounters, VxlanDev, VxlanPath, VxlanPathKey,
+    Counter, DevKey, DropKey, ExpireKey, LastDrop, NET_STAT_DROPS_MAP_FULL, NET_STAT_DROPS_SEEN,
+    NET_STAT_SLOTS, VXLAN_DEV_EXTERNAL, VXLAN_STAT_COUNTS_MAP_FULL, VXLAN_STAT_NO_DEV,
+    VXLAN_STAT_NO_TUNNEL_KEY, VXLAN_STAT_SLOTS, VXLAN_STAT_UNKNOWN_DEV, VxlanCountKey,
+    VxlanCounters, VxlanDev, VxlanPath, VxlanPathKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -138,40 +138,30 @@ pub fn vxlan_stats(ebpf: &aya::Ebpf) -> Result<VxlanStats, CountersError> {
     })
 }
 
-/// `IF_COUNTS`: fragments per (netns, device, direction), with the VXLAN figures of
-/// `VXLAN_COUNTS` summed over VNIs into the same keys.
-pub fn interfaces(ebpf: &aya::Ebpf) -> Result<HashMap<IfKey, IfCounters>, CountersError> {
-    let m: PerCpuHashMap<&MapData, IfKey, IfCounters> =
-        PerCpuHashMap::try_from(map(ebpf, "IF_COUNTS")?).map_err(map_err("IF_COUNTS"))?;
-    let mut out = HashMap::new();
-    for item in m.iter() {
-        let (k, per_cpu) = item.map_err(map_err("IF_COUNTS"))?;
-        let mut s = IfCounters::default();
-        for c in per_cpu.iter() {
-            s.frag_packets += c.frag_packets;
-            s.frag_bytes += c.frag_bytes;
-            s.frag_first += c.frag_first;
-            s.vxlan_packets += c.vxlan_packets;
-            s.vxlan_bytes += c.vxlan_bytes;
-            s.vxlan_oversize += c.vxlan_oversize;
-        }
-        out.insert(k, s);
-    }
-    // Objects without the VXLAN programs (none today) simply contribute nothing.
-    if ebpf.map("VXLAN_COUNTS").is_some() {
-        for (k, c) in vxlan_counts(ebpf)? {
-            let e = out
-                .entry(IfKey {
-                    netns: k.netns,
-                    ifindex: k.ifindex,
-                    direction: k.direction,
-                    _pad: 0,
-                })
-                .or_default();
-            e.vxlan_packets += c.packets;
-            e.vxlan_bytes += c.bytes;
-            e.vxlan_oversize += c.oversize;
-        }
+/// A VXLAN device and direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceKey {
+    pub netns: u32,
+    pub ifindex: u32,
+    /// `DIRECTION_RX` or `DIRECTION_TX`.
+    pub direction: u32,
+}
+
+/// `VXLAN_COUNTS` summed over VNIs: frames per VXLAN device and direction.
+pub fn vxlan_devices(ebpf: &aya::Ebpf) -> Result<HashMap<DeviceKey, VxlanCounters>, CountersError> {
+    let mut out: HashMap<DeviceKey, VxlanCounters> = HashMap::new();
+    for (k, c) in vxlan_counts(ebpf)? {
+        let e = out
+            .entry(DeviceKey {
+                netns: k.netns,
+                ifindex: k.ifindex,
+                direction: k.direction,
+            })
+            .or_default();
+        e.packets += c.packets;
+        e.bytes += c.bytes;
+        e.oversize += c.oversize;
+        e.no_path += c.no_path;
     }
     Ok(out)
 }
@@ -199,8 +189,6 @@ pub struct NetStats {
     pub drops_seen: u64,
     /// Drops not counted per key because `DROPS` was full.
     pub drops_map_full: u64,
-    /// Interface updates lost because `IF_COUNTS` was full.
-    pub if_map_full: u64,
 }
 
 pub fn net_stats(ebpf: &aya::Ebpf) -> Result<NetStats, CountersError> {
@@ -208,7 +196,6 @@ pub fn net_stats(ebpf: &aya::Ebpf) -> Result<NetStats, CountersError> {
     Ok(NetStats {
         drops_seen: v[NET_STAT_DROPS_SEEN as usize],
         drops_map_full: v[NET_STAT_DROPS_MAP_FULL as usize],
-        if_map_full: v[NET_STAT_IF_MAP_FULL as usize],
     })
 }
 
@@ -224,8 +211,7 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
 
 /// Deletes the keys of a gone network namespace: inode `netns` with `cookie` (every cookie
 /// when `None`) in `DROPS`, `EXPIRED` and the `LAST_DROP` slots, and — when `inode_free`, no
-/// namespace holding the inode now — its `IF_COUNTS` and `VXLAN_COUNTS` keys, which carry no
-/// cookie. A new namespace that already reuses the inode keeps its counts.
+/// namespace holding the inode now — its `VXLAN_COUNTS` keys, which carry no cookie. A new namespace that already reuses the inode keeps its counts.
 pub fn forget_netns(
     ebpf: &mut aya::Ebpf,
     netns: u32,
@@ -236,10 +222,9 @@ pub fn forget_netns(
     let mut n = remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| of(k.netns, k.netns_cookie))?
         + remove_keys::<ExpireKey, u64>(ebpf, "EXPIRED", |k| of(k.netns, k.netns_cookie))?;
     if inode_free {
-        n += remove_keys::<IfKey, IfCounters>(ebpf, "IF_COUNTS", |k| k.netns == netns)?
-            + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
-                k.netns == netns
-            })?;
+        n += remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
+            k.netns == netns
+        })?;
     }
     // Without cookies (kernels before 5.14) a slot still holding the namespace would flush
     // into DROPS later and bring the key back, to be counted a second time: the slot is

@@ -8,7 +8,7 @@ use std::{
     sync::Mutex,
 };
 
-use probe_common::{Counter, DIRECTION_TX, DropKey, ExpireKey, IfCounters, IfKey};
+use probe_common::{Counter, DIRECTION_TX, DropKey, ExpireKey, VxlanCounters};
 use serde::Serialize;
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     events::RawPacketDrop,
     kallsyms::Kallsyms,
     net::{MtuMismatch, TopologySnapshot},
+    net_counters::DeviceKey,
     packet::{self, PacketSummary},
 };
 
@@ -211,10 +212,10 @@ impl NetInterpreter {
     pub fn totals(
         &self,
         drops: &HashMap<DropKey, Counter>,
-        ifs: &HashMap<IfKey, IfCounters>,
+        vxlan_devices: &HashMap<DeviceKey, VxlanCounters>,
         topology: Option<&TopologySnapshot>,
     ) -> NetTotals {
-        self.totals_with(drops, ifs, None, topology)
+        self.totals_with(drops, vxlan_devices, None, topology)
     }
 
     /// Aggregates counter snapshots into totals. With `expired` (the `EXPIRED` map, while the
@@ -223,7 +224,7 @@ impl NetInterpreter {
     pub fn totals_with(
         &self,
         drops: &HashMap<DropKey, Counter>,
-        ifs: &HashMap<IfKey, IfCounters>,
+        vxlan_devices: &HashMap<DeviceKey, VxlanCounters>,
         expired: Option<&HashMap<ExpireKey, u64>>,
         topology: Option<&TopologySnapshot>,
     ) -> NetTotals {
@@ -268,47 +269,32 @@ impl NetInterpreter {
             };
             *reasm.entry((k.netns, ReasmCause::Timeout, v)).or_default() += n;
         }
-        let mut fragments = Vec::new();
+        // Fragments are the namespaces' SNMP counters ([`fragments_from_snmp`]).
+        let fragments = Vec::new();
         let mut vxlan = Vec::new();
-        for (k, c) in ifs {
+        for (k, c) in vxlan_devices {
+            if c.packets == 0 {
+                continue;
+            }
             let direction = if k.direction == DIRECTION_TX {
                 "tx"
             } else {
                 "rx"
             };
-            let device = dev_name(k.netns, k.ifindex);
-            // Objects that still count fragments per device (none since they are the
-            // namespaces' SNMP counters, see `fragments_from_snmp`).
-            if c.frag_packets > 0 {
-                fragments.push(FragmentTotal {
-                    netns: k.netns,
-                    device: device.clone(),
-                    ifindex: k.ifindex,
-                    direction,
-                    packets: c.frag_packets,
-                    bytes: Some(c.frag_bytes),
-                    datagrams: c.frag_first,
-                });
-            }
-            if c.vxlan_packets > 0 {
-                let vni = topology
-                    .and_then(|t| t.vxlan(k.netns, k.ifindex))
-                    .map(|v| v.vni);
-                vxlan.push(VxlanTotal {
-                    netns: k.netns,
-                    device,
-                    ifindex: k.ifindex,
-                    vni,
-                    direction,
-                    packets: c.vxlan_packets,
-                    bytes: c.vxlan_bytes,
-                    oversize: c.vxlan_oversize,
-                });
-            }
+            let vni = topology
+                .and_then(|t| t.vxlan(k.netns, k.ifindex))
+                .map(|v| v.vni);
+            vxlan.push(VxlanTotal {
+                netns: k.netns,
+                device: dev_name(k.netns, k.ifindex),
+                ifindex: k.ifindex,
+                vni,
+                direction,
+                packets: c.packets,
+                bytes: c.bytes,
+                oversize: c.oversize,
+            });
         }
-        fragments.sort_by(|a, b| {
-            (a.netns, a.ifindex, a.direction).cmp(&(b.netns, b.ifindex, b.direction))
-        });
         vxlan.sort_by(|a, b| {
             (a.netns, a.ifindex, a.direction).cmp(&(b.netns, b.ifindex, b.direction))
         });
@@ -531,21 +517,7 @@ mod tests {
                 bytes: 3000,
             },
         );
-        let mut ifs = HashMap::new();
-        ifs.insert(
-            IfKey {
-                netns: 7,
-                ifindex: 2,
-                direction: DIRECTION_TX,
-                _pad: 0,
-            },
-            IfCounters {
-                frag_packets: 6,
-                frag_bytes: 9000,
-                frag_first: 2,
-                ..Default::default()
-            },
-        );
+        let ifs = HashMap::new();
         let t = i.totals(&drops, &ifs, None);
         assert_eq!(t.drops.len(), 3);
         // With the expiry counts, timeouts are those (per queue, in the queue's namespace),
@@ -584,8 +556,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(t.fragments[0].direction, "tx");
-        assert_eq!(t.fragments[0].datagrams, 2);
+        assert!(t.fragments.is_empty(), "fragments come from SNMP");
         assert!(t.vxlan.is_empty());
     }
 

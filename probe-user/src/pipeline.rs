@@ -583,7 +583,7 @@ impl Pipeline {
         if snap.mismatches.is_empty() {
             return Vec::new();
         }
-        let Ok(ifs) = self.kernel.with_ebpf(net_counters::interfaces) else {
+        let Ok(ifs) = self.kernel.with_ebpf(net_counters::vxlan_devices) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -591,7 +591,7 @@ impl Pipeline {
             let oversize: u64 = ifs
                 .iter()
                 .filter(|(k, _)| k.netns == m.netns && k.ifindex == m.ifindex)
-                .map(|(_, c)| c.vxlan_oversize)
+                .map(|(_, c)| c.oversize)
                 .sum();
             let last = self
                 .evidence

@@ -12,7 +12,7 @@
 //! owner of their network namespace ([`netns_labels`]) and expire once the namespace is gone.
 //!
 //! Families: [`oom`] (OOM kills, from events), [`network`] (drops, reassembly failures,
-//! fragments, VXLAN traffic: the `DROPS` / `IF_COUNTS` maps), [`network_gauges`] (fragment
+//! VXLAN traffic: the `DROPS`, `EXPIRED` and `VXLAN_COUNTS` maps), [`network_gauges`] (fragment
 //! queue memory, interface MTUs, overlay MTU mismatches: the topology service),
 //! [`self_metrics`].
 //!

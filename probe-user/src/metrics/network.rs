@@ -47,9 +47,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_common::{
-    Counter, DIRECTION_TX, DropKey, ExpireKey, IfCounters, IfKey, VxlanCountKey, VxlanCounters,
-};
+use probe_common::{Counter, DIRECTION_TX, DropKey, ExpireKey, VxlanCountKey, VxlanCounters};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -383,7 +381,6 @@ impl State {
     fn ready(
         &mut self,
         drops: &HashMap<DropKey, Counter>,
-        ifs: &HashMap<IfKey, IfCounters>,
         vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         listed: &ListedNetns,
         labeler: &mut NetnsLabeler<'_>,
@@ -392,7 +389,6 @@ impl State {
         let present: HashSet<u32> = drops
             .keys()
             .map(|k| k.netns)
-            .chain(ifs.keys().map(|k| k.netns))
             .chain(vxlan.keys().map(|k| k.netns))
             .collect();
         self.first_seen.retain(|ns, _| present.contains(ns));
@@ -435,7 +431,7 @@ impl State {
     fn gone_with_keys(
         &mut self,
         drops: &HashMap<DropKey, Counter>,
-        ifs: &HashMap<IfKey, IfCounters>,
+        vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         listed: &ListedNetns,
         now: Instant,
     ) -> Vec<Gone> {
@@ -470,7 +466,7 @@ impl State {
             drops
                 .keys()
                 .any(|k| k.netns == g.netns && g.cookie.is_none_or(|c| c == k.netns_cookie))
-                || (g.inode_free && ifs.keys().any(|k| k.netns == g.netns))
+                || (g.inode_free && vxlan.keys().any(|k| k.netns == g.netns))
         });
         gone
     }
@@ -566,7 +562,6 @@ impl NetworkSeries {
     fn update(
         &self,
         drops: &HashMap<DropKey, Counter>,
-        ifs: &HashMap<IfKey, IfCounters>,
         vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         topology: Option<&TopologySnapshot>,
         expiry: bool,
@@ -577,7 +572,7 @@ impl NetworkSeries {
         let mut state = self.lock();
         let all_drops = drops;
         let drops = &state.track_cookies(all_drops, &listed, now);
-        let ready = state.ready(drops, ifs, vxlan, &listed, &mut labeler, now);
+        let ready = state.ready(drops, vxlan, &listed, &mut labeler, now);
         state
             .vni_slots
             .retain(&vxlan.keys().map(|k| (k.netns, k.ifindex)).collect());
@@ -610,7 +605,7 @@ impl NetworkSeries {
             }
         }
         state.reasm_zeros = zeros;
-        state.gone_with_keys(all_drops, ifs, &listed, now)
+        state.gone_with_keys(all_drops, vxlan, &listed, now)
     }
 }
 
@@ -666,7 +661,6 @@ impl Collector for NetworkCounters {
             };
             Ok::<_, net_counters::CountersError>((
                 drops,
-                net_counters::interfaces(ebpf)?,
                 if ebpf.map("VXLAN_COUNTS").is_some() {
                     net_counters::vxlan_counts(ebpf)?
                 } else {
@@ -675,16 +669,11 @@ impl Collector for NetworkCounters {
             ))
         });
         match maps {
-            Ok((drops, ifs, vxlan)) => {
+            Ok((drops, vxlan)) => {
                 let topology = self.topology.as_ref().map(|t| t.snapshot());
-                let gone = self.series.update(
-                    &drops,
-                    &ifs,
-                    &vxlan,
-                    topology.as_deref(),
-                    expiry,
-                    Instant::now(),
-                );
+                let gone =
+                    self.series
+                        .update(&drops, &vxlan, topology.as_deref(), expiry, Instant::now());
                 // Read, then deleted: a gone namespace's last counts are in the series now,
                 // and a new namespace reusing the inode starts from zero in the kernel.
                 for g in gone {
@@ -788,15 +777,6 @@ mod tests {
         }
     }
 
-    fn if_key(netns: u32, ifindex: u32, direction: u32) -> IfKey {
-        IfKey {
-            netns,
-            ifindex,
-            direction,
-            _pad: 0,
-        }
-    }
-
     /// The host with eth0 (2) and a VXLAN device vx0 (5, VNI 42), and a pod namespace.
     fn topo() -> TopologySnapshot {
         let mut t = topology(HOST, &[POD_NS]);
@@ -845,12 +825,11 @@ mod tests {
         fn update(
             &self,
             drops: &HashMap<DropKey, Counter>,
-            ifs: &HashMap<IfKey, IfCounters>,
             vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
             t: Option<&TopologySnapshot>,
             now: Instant,
         ) {
-            self.0.update(drops, ifs, vxlan, t, false, now);
+            self.0.update(drops, vxlan, t, false, now);
         }
 
         /// What a scraper sees from its second scrape on (a new series is scraped at 0 once
@@ -875,13 +854,7 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let topo = topo();
-        c.update(
-            &HashMap::new(),
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo),
-            t0,
-        );
+        c.update(&HashMap::new(), &HashMap::new(), Some(&topo), t0);
         let text = c.text();
         for cause in ZERO_CAUSES {
             let line = format!(
@@ -893,14 +866,7 @@ mod tests {
         let drops = HashMap::from([(key(POD_NS, 3, 2, 0xffff_ffff_8100_0100), packets(9))]);
         let mut gone = topology(HOST, &[]);
         gone.generation = topo.generation + 1;
-        let forget = c.0.update(
-            &drops,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&gone),
-            false,
-            t0,
-        );
+        let forget = c.0.update(&drops, &HashMap::new(), Some(&gone), false, t0);
         assert_eq!(
             forget,
             vec![Gone {
@@ -951,13 +917,7 @@ mod tests {
         drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0810), packets(1));
         drops.insert(key(POD_NS, 3, 40, 0xffff_ffff_8100_0a10), packets(3));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(4));
-        c.update(
-            &drops,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&t),
-            Instant::now(),
-        );
+        c.update(&drops, &HashMap::new(), Some(&t), Instant::now());
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
         has(
@@ -987,17 +947,6 @@ mod tests {
     fn vxlan_traffic_is_named_by_the_topology() {
         let (c, _) = counters(FixedOwners::default(), true);
         let t = topo();
-        let mut ifs = HashMap::new();
-        // Per-device fragment counts of an older object are not exported here: fragments
-        // are the namespaces' SNMP counters (network_gauges).
-        ifs.insert(
-            if_key(HOST, 2, DIRECTION_TX),
-            IfCounters {
-                frag_packets: 6,
-                frag_first: 2,
-                ..Default::default()
-            },
-        );
         let mut vx = HashMap::new();
         vx.insert(
             vx_key(HOST, 5, 42, DIRECTION_TX),
@@ -1018,8 +967,8 @@ mod tests {
         drops.insert(key(HOST, 5, 80, 0xffff_ffff_8100_1004), packets(2));
         // The pod namespace has no owner: its counts wait for the grace period.
         let t0 = Instant::now();
-        c.update(&drops, &ifs, &vx, Some(&t), t0);
-        c.update(&drops, &ifs, &vx, Some(&t), t0 + NAMING_GRACE);
+        c.update(&drops, &vx, Some(&t), t0);
+        c.update(&drops, &vx, Some(&t), t0 + NAMING_GRACE);
         let text = c.text();
         let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
         assert!(!text.contains("fathom_ip_fragments"), "{text}");
@@ -1061,9 +1010,8 @@ mod tests {
             drops.insert(key(NEW, 2, 3, 0xffff_ffff_8100_1004), packets(n));
             drops
         };
-        let ifs = HashMap::new();
         // Not listed yet: the named pod's namespace is exported at once, the new one waits.
-        c.update(&rx(3), &ifs, &HashMap::new(), Some(&topo()), t0);
+        c.update(&rx(3), &HashMap::new(), Some(&topo()), t0);
         let text = c.text();
         assert!(text.contains(r#"pod="web-0""#), "{text}");
         assert!(!text.contains(r#"netns="4026532200""#), "{text}");
@@ -1085,13 +1033,7 @@ mod tests {
         );
         // Listed, devices named, no owner: its labels will not get better by waiting, so
         // everything is exported at once.
-        c.update(
-            &rx(5),
-            &ifs,
-            &HashMap::new(),
-            Some(&t),
-            t0 + NAMING_GRACE / 2,
-        );
+        c.update(&rx(5), &HashMap::new(), Some(&t), t0 + NAMING_GRACE / 2);
         let text = c.text();
         assert!(
             text.contains(
@@ -1122,14 +1064,7 @@ mod tests {
             2u64,
         )]);
         let drops = with_expiries(drops, &expired);
-        c.0.update(
-            &drops,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo()),
-            true,
-            Instant::now(),
-        );
+        c.0.update(&drops, &HashMap::new(), Some(&topo()), true, Instant::now());
         let text = c.text();
         assert!(
             text.contains(
@@ -1181,7 +1116,6 @@ mod tests {
             c.0.update(
                 &drops,
                 &HashMap::new(),
-                &HashMap::new(),
                 Some(&topo()),
                 false,
                 t0 + Duration::from_secs(secs),
@@ -1218,18 +1152,11 @@ mod tests {
         let (c, _) = counters(owners, true);
         let t0 = Instant::now();
         let drops = |n| HashMap::from([(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(n))]);
-        c.update(
-            &drops(5),
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo()),
-            t0,
-        );
+        c.update(&drops(5), &HashMap::new(), Some(&topo()), t0);
         // Briefly not listed (gone, or a rescan in between): its counts stay exported...
         let unlisted = topology(HOST, &[]);
         c.update(
             &drops(6),
-            &HashMap::new(),
             &HashMap::new(),
             Some(&unlisted),
             t0 + NAMING_GRACE / 2,
@@ -1238,17 +1165,10 @@ mod tests {
         c.update(
             &drops(6),
             &HashMap::new(),
-            &HashMap::new(),
             Some(&unlisted),
             t0 + NAMING_GRACE,
         );
-        c.update(
-            &drops(7),
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&topo()),
-            t0 + NAMING_GRACE,
-        );
+        c.update(&drops(7), &HashMap::new(), Some(&topo()), t0 + NAMING_GRACE);
         let text = c.text();
         assert!(
             text.contains(
@@ -1267,35 +1187,17 @@ mod tests {
         let mut drops = HashMap::new();
         drops.insert(key(POD_NS, 3, 3, 0xffff_ffff_8100_1004), packets(5));
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(1));
-        c.update(&drops, &HashMap::new(), &HashMap::new(), Some(&topo()), t0);
+        c.update(&drops, &HashMap::new(), Some(&topo()), t0);
         // The pod's namespace is gone; its kernel entry stays.
         let gone = topology(HOST, &[]);
         drops.insert(key(HOST, 2, 3, 0xffff_ffff_8100_1004), packets(3));
-        c.update(
-            &drops,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&gone),
-            t0 + TTL / 2,
-        );
+        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL / 2);
         assert!(
             c.text().contains(r#"netns="4026532100""#),
             "not before the TTL"
         );
-        c.update(
-            &drops,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&gone),
-            t0 + TTL,
-        );
-        c.update(
-            &drops,
-            &HashMap::new(),
-            &HashMap::new(),
-            Some(&gone),
-            t0 + TTL * 2,
-        );
+        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL);
+        c.update(&drops, &HashMap::new(), Some(&gone), t0 + TTL * 2);
         let text = c.text();
         assert!(!text.contains(r#"netns="4026532100""#), "{text}");
         assert!(
@@ -1322,7 +1224,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        c.update(&drops, &HashMap::new(), &vx, Some(&topo()), Instant::now());
+        c.update(&drops, &vx, Some(&topo()), Instant::now());
         let text = c.text();
         assert!(
             text.contains(
@@ -1360,13 +1262,7 @@ mod tests {
                 },
             );
         }
-        c.update(
-            &HashMap::new(),
-            &HashMap::new(),
-            &vx,
-            Some(&topo()),
-            Instant::now(),
-        );
+        c.update(&HashMap::new(), &vx, Some(&topo()), Instant::now());
         let text = c.text();
         let per_vni = text
             .lines()

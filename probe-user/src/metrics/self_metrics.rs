@@ -118,12 +118,9 @@ impl Collector for SelfMetrics {
                 None,
                 MetricType::Counter,
             )?;
-            for (map, n) in [
-                ("DROPS", net.drops_map_full),
-                ("IF_COUNTS", net.if_map_full),
-            ] {
-                ConstCounter::new(n).encode(family.encode_family(&[("map", map)])?)?;
-            }
+            // (VXLAN_COUNTS' are in fathom_vxlan_uncounted_packets_total.)
+            ConstCounter::new(net.drops_map_full)
+                .encode(family.encode_family(&[("map", "DROPS")])?)?;
         }
         ConstGauge::new(i64::from(self.bpf_stats_enabled())).encode(encoder.encode_descriptor(
             "fathom_bpf_stats_enabled",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use fathom::{loader, net_counters};
-use probe_common::IfCounters;
+use probe_common::VxlanCounters;
 
 /// Loads and attaches every program; a program that does not attach fails the test (these
 /// hooks exist on every kernel fathom supports).
@@ -17,17 +17,15 @@ pub fn load() -> loader::Loaded {
     l
 }
 
-/// Fragment and VXLAN counters of one namespace and direction, summed over its devices.
-pub fn if_sum(l: &loader::Loaded, netns: u64, dir: u32) -> IfCounters {
-    let mut s = IfCounters::default();
-    for (k, c) in net_counters::interfaces(&l.ebpf).unwrap() {
+/// VXLAN counters of one namespace and direction, summed over its devices.
+pub fn vxlan_sum(l: &loader::Loaded, netns: u64, dir: u32) -> VxlanCounters {
+    let mut s = VxlanCounters::default();
+    for (k, c) in net_counters::vxlan_devices(&l.ebpf).unwrap() {
         if k.netns as u64 == netns && k.direction == dir {
-            s.frag_packets += c.frag_packets;
-            s.frag_bytes += c.frag_bytes;
-            s.frag_first += c.frag_first;
-            s.vxlan_packets += c.vxlan_packets;
-            s.vxlan_bytes += c.vxlan_bytes;
-            s.vxlan_oversize += c.vxlan_oversize;
+            s.packets += c.packets;
+            s.bytes += c.bytes;
+            s.oversize += c.oversize;
+            s.no_path += c.no_path;
         }
     }
     s
