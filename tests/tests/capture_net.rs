@@ -69,6 +69,34 @@ fn a_drop_in_a_containers_namespace_is_attributed_to_that_container() {
     );
 }
 
+/// The start says what is watched: the line after "ready" counts the namespaces and VXLAN
+/// devices and names a mismatched overlay that existed before the start.
+#[test]
+fn the_start_names_what_it_watches_with_an_existing_mismatch() {
+    require_root!();
+    let o = Overlay::new(Some(1500));
+    let mut fathom = FathomCapture::start(&["--kind", "vxlan", "--duration", "1s"]);
+    fathom.wait_ready(READY);
+    let want = format!("{} (netns {}): MTU 1500 > 1450 via", o.vxlan, o.a.inode());
+    let ok = fathom_tests::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        fathom.stderr().contains(&want)
+    });
+    let stderr = fathom.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("fathom: watching "))
+        .unwrap_or_else(|| panic!("no inventory line; stderr:\n{stderr}"));
+    assert!(ok && line.contains(&want), "{line}");
+    assert!(line.contains("MTU mismatch"), "{line}");
+    // At least the host's and the overlay's two namespaces.
+    let n: usize = line["fathom: watching ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(n >= 3, "{line}");
+}
+
 #[test]
 fn a_mismatched_overlay_is_reported_then_proven_by_traffic() {
     require_root!();

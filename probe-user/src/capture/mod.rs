@@ -1,6 +1,8 @@
 //! `fathom capture`: live events on a terminal (table) or as JSON lines, and on exit a
 //! summary of the in-kernel counts gathered while it ran.
 
+mod inventory;
+
 use std::{io::Write, ops::ControlFlow, time::Duration};
 
 use serde::Serialize;
@@ -690,6 +692,13 @@ pub async fn run(opts: CaptureOptions) -> anyhow::Result<()> {
     eprintln!(
         "{READY_MARKER}: attached {}",
         pipeline.kernel().attached().join(", ")
+    );
+    let snapshot = pipeline.topology().map(|t| t.snapshot());
+    eprintln!(
+        "{}",
+        inventory::Inventory::gather(snapshot.as_deref(), pipeline.attributor())
+            .await
+            .line()
     );
 
     let mut sink = RenderSink {
