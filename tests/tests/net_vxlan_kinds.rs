@@ -555,6 +555,76 @@ fn flannel_style_device_honours_a_route_mtu_to_its_remote() {
     assert_eq!(tx.oversize - before.oversize, 25, "{tx:?}");
 }
 
+/// A path MTU the kernel *learned* (an ICMP "fragmentation needed" cached as a route
+/// exception, not a configured route `mtu`): A —1500— router —1400— B. A VXLAN device in A
+/// with remote B at MTU 1450 fits the first hop; one DF datagram from A to B makes the router
+/// answer with ICMP frag-needed (mtu 1400), A's kernel caches a 1400 exception for B, and the
+/// verdict follows it: mismatched, limited by the route, naming B.
+#[test]
+fn a_path_mtu_learned_from_icmp_makes_the_device_mismatched() {
+    require_root!();
+    let (a, r, b) = (NetNs::new(), NetNs::new(), NetNs::new());
+    quiet_ipv6(&[&a, &r, &b]);
+    let ar = VethPair::new(Some(&a), Some(&r));
+    let rb = VethPair::new(Some(&r), Some(&b));
+    ar.addr_up(Side::A, "10.204.1.1/24");
+    ar.addr_up(Side::B, "10.204.1.2/24");
+    rb.addr_up(Side::A, "10.204.2.1/24");
+    rb.addr_up(Side::B, "10.204.2.2/24");
+    rb.set_mtu(Side::A, 1400);
+    rb.set_mtu(Side::B, 1400);
+    r.sysctl("net.ipv4.ip_forward", "1");
+    a.exec_ok(&["ip", "route", "add", "10.204.2.0/24", "via", "10.204.1.2"]);
+    b.exec_ok(&["ip", "route", "add", "10.204.1.0/24", "via", "10.204.2.1"]);
+    let dev = format!("vxp{}", short_suffix());
+    a.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        &dev,
+        "type",
+        "vxlan",
+        "id",
+        "77",
+        "remote",
+        "10.204.2.2",
+        "local",
+        "10.204.1.1",
+        "dstport",
+        "4789",
+        "dev",
+        ar.name(Side::A),
+    ]);
+    a.exec_ok(&["ip", "link", "set", &dev, "mtu", "1450", "up"]);
+    let mut lab = Lab::new(&[&a, &r, &b]);
+    let snap = lab.settle("the device and its remote", |s| {
+        s.vxlans
+            .iter()
+            .any(|v| v.netns as u64 == a.inode() && !v.remotes.is_empty())
+    });
+    assert!(
+        mismatch(&snap, &a, &dev).is_empty(),
+        "1450 + 50 fits the 1500 first hop: {:#?}",
+        snap.mismatches
+    );
+    // The router cannot forward 1500 bytes with DF onto its 1400 link.
+    udp_send(&a, "10.204.2.2:9", 1472, 3, Some(libc::IP_PMTUDISC_DO));
+    let learned = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        let o = a.exec_ok(&["ip", "route", "get", "10.204.2.2"]);
+        String::from_utf8_lossy(&o.stdout).contains("mtu 1400")
+    });
+    assert!(learned, "A's kernel cached no path MTU for B");
+    let took = lab.follow("the learned path MTU", |s| {
+        mismatch(s, &a, &dev).iter().any(|m| {
+            m.underlay_mtu == 1400
+                && m.max_mtu == 1350
+                && m.limited_by == "route"
+                && m.remotes.contains(&ip("10.204.2.2"))
+        })
+    });
+    eprintln!("learned path MTU judged after {took:?}");
+}
+
 /// Issue 11's mechanism: the VXLAN programs run only for frames that cross a VXLAN device.
 /// Healthy UDP over a plain veth between two namespaces leaves their run counts unchanged,
 /// while frames through the overlay are counted one for one.
