@@ -625,6 +625,86 @@ fn a_path_mtu_learned_from_icmp_makes_the_device_mismatched() {
     eprintln!("learned path MTU judged after {took:?}");
 }
 
+/// An IPv6 underlay: the encapsulation costs 70 bytes, not 50. Two namespaces joined by a
+/// veth with IPv6 addresses only (MTU 1500) and a point-to-point VXLAN between them over
+/// IPv6 (local/remote, no `dev`) at MTU 1450 — fine over IPv4, 20 bytes too large over IPv6: the verdict says
+/// overhead 70, max 1430; frames whose inner packet is over 1430 are counted as oversize,
+/// those at 1430 are not.
+#[test]
+fn an_ipv6_underlay_costs_70_bytes_and_is_judged_so() {
+    require_root!();
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let v = VethPair::new(Some(&a), Some(&b));
+    for (ns, side, addr) in [
+        (&a, Side::A, "fd42:204::1/64"),
+        (&b, Side::B, "fd42:204::2/64"),
+    ] {
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            addr,
+            "dev",
+            v.name(side),
+            "nodad",
+        ]);
+        ns.exec_ok(&["ip", "link", "set", v.name(side), "up"]);
+    }
+    let dev = format!("vx6{}", short_suffix());
+    // Without `dev` (local/remote only): for a device bound to one, the kernel refuses an MTU
+    // above the lower device's minus the IPv6 headroom, so the mismatch a user can make is
+    // this one, judged by the route to the remote.
+    for (ns, local, remote, inner) in [
+        (&a, "fd42:204::1", "fd42:204::2", "10.205.9.1/24"),
+        (&b, "fd42:204::2", "fd42:204::1", "10.205.9.2/24"),
+    ] {
+        ns.exec_ok(&[
+            "ip", "link", "add", &dev, "type", "vxlan", "id", "78", "remote", remote, "local",
+            local, "dstport", "4789",
+        ]);
+        ns.exec_ok(&["ip", "link", "set", &dev, "mtu", "1450", "up"]);
+        ns.exec_ok(&["ip", "addr", "add", inner, "dev", &dev]);
+    }
+    let mut lab = Lab::new(&[&a, &b]);
+    let snap = lab.settle("the IPv6 device and its remote", |s| {
+        !mismatch(s, &a, &dev).is_empty()
+    });
+    let m = mismatch(&snap, &a, &dev);
+    assert!(
+        m.iter().all(|m| m.overhead == 70
+            && m.max_mtu == 1430
+            && m.underlay_mtu == 1500
+            && m.mtu == 1450
+            && m.remotes.contains(&ip("fd42:204::2"))),
+        "{m:#?}"
+    );
+    let sink = UdpSink::bind(&b, "10.205.9.2:5000");
+    warm_up(&a, "10.205.9.2:5000", &sink);
+    let before = lab.counts(&a, &dev, 78, DIRECTION_TX);
+    // Inner IPv4 packets of 1430 (fits: 1430 + 70 = 1500) and of 1450 (does not).
+    udp_send(
+        &a,
+        "10.205.9.2:5000",
+        1430 - 28,
+        20,
+        Some(libc::IP_PMTUDISC_PROBE),
+    );
+    udp_send(
+        &a,
+        "10.205.9.2:5000",
+        1450 - 28,
+        30,
+        Some(libc::IP_PMTUDISC_PROBE),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let tx = lab.counts(&a, &dev, 78, DIRECTION_TX);
+    // (Frames: ours and the device's own IPv6 neighbour traffic, all small.)
+    assert!(tx.packets - before.packets >= 50, "{tx:?}");
+    assert_eq!(tx.oversize - before.oversize, 30, "{tx:?}");
+}
+
 /// Issue 11's mechanism: the VXLAN programs run only for frames that cross a VXLAN device.
 /// Healthy UDP over a plain veth between two namespaces leaves their run counts unchanged,
 /// while frames through the overlay are counted one for one.
