@@ -34,6 +34,7 @@ mod accounting;
 mod bpf;
 mod conn_flood;
 mod cost;
+mod detect;
 mod fathom;
 mod flood;
 mod footprint;
@@ -222,6 +223,11 @@ fn phases(cfg: &Config, bin: &Path, r: &mut Results) -> Result<()> {
         if let Some(h) = record(r, "healthy traffic", outcome)? {
             r.healthy = h;
         }
+    }
+
+    step("time to detect an overlay MTU mismatch, per kind of VXLAN device");
+    if let Some(d) = record(r, "detection", detect::run(bin, &name))? {
+        r.detection = d;
     }
 
     if cfg.pods > 0 {

@@ -26,7 +26,7 @@ use super::{
 };
 
 /// What fathom prints on stderr once its programs are attached (`fathom::READY_MARKER`).
-const READY_MARKER: &str = "fathom: ready";
+pub const READY_MARKER: &str = "fathom: ready";
 /// Precedes the bound address in serve's ready line.
 const SERVING: &str = "serving http://";
 /// Loading, verifying and attaching; generous for slow machines (the time is reported).

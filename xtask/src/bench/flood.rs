@@ -123,7 +123,10 @@ impl Drop for Netns {
 }
 
 /// Runs `f` on a thread that joined the network namespace at `path`.
-fn in_netns<T: Send + 'static>(path: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     thread::spawn(move || -> Result<T> {
         enter(&path)?;
         Ok(f())

@@ -138,6 +138,8 @@ pub struct Results {
     pub scrape: Option<Scrape>,
     /// `fathom serve` under a flood of idle and half-request connections.
     pub conn_flood: Option<super::conn_flood::ConnFlood>,
+    /// Time to detect an overlay MTU mismatch, per kind of VXLAN device.
+    pub detection: Vec<super::detect::Detection>,
     /// The reclaim programs over the pods' OOM kills.
     pub reclaim: Option<super::reclaim::ReclaimCost>,
     pub startup: Startup,
@@ -419,6 +421,30 @@ impl Results {
                 "< 30 MiB, < 1 %",
             )),
         }
+        let seen = |v: Option<f64>| v.map_or("not seen".to_string(), |v| format!("{v:.0} ms"));
+        for d in &self.detection {
+            rows.push(row(
+                &format!("MTU mismatch detected, {} device", d.kind),
+                format!(
+                    "{} / {} / {}",
+                    seen(d.verdict_ms),
+                    seen(d.evidence_ms),
+                    seen(d.metric_ms)
+                ),
+                "within a minute",
+                format!(
+                    "{}: verdict after the device is up / evidence event / metric after the first oversize frame",
+                    if [d.verdict_ms, d.evidence_ms, d.metric_ms]
+                        .iter()
+                        .all(|v| v.is_some_and(|v| v < 60_000.0))
+                    {
+                        "met"
+                    } else {
+                        "MISSED"
+                    }
+                ),
+            ));
+        }
         match &self.reclaim {
             Some(c) => rows.push(row(
                 &format!("kernel ns per reclaim stall, {pods} OOM-killed pods"),
@@ -682,6 +708,7 @@ impl Results {
             })),
             "connection_flood": self.conn_flood.as_ref().map(|c| c.to_json()),
             "reclaim": self.reclaim.as_ref().map(|c| c.to_json()),
+            "detection": self.detection.iter().map(|d| d.to_json()).collect::<Vec<_>>(),
             "startup_ms": median(&self.startup.serve_ready).map(ms),
             "startup": {
                 "serve_ready_ms": durations(&self.startup.serve_ready),
