@@ -13,7 +13,13 @@
 //! - **Bounded memory per connection**: hyper's read buffer is capped at [`MAX_BUF`], 100
 //!   headers at most, and only `GET` of a few small routes exists.
 //! - Optional **TLS** (rustls) and **basic auth** (bcrypt) from [`WebConfig`]; `/healthz` and
-//!   `/readyz` answer without credentials (kubelet probes), `/metrics` needs them.
+//!   `/readyz` answer without credentials (kubelet probes), `/metrics` needs them. The config
+//!   is read again when its files change ([`WebWatch`]: checked on new connections and
+//!   requests, at most once per [`RELOAD_CHECK`]), so rotated certificates and passwords take
+//!   effect without a restart.
+//! - Its own books ([`HttpStats`]) are exported by [`crate::metrics::self_metrics::HttpMetrics`]:
+//!   connections admitted, refused and evicted at the cap, open now, authentication and TLS
+//!   handshake failures, web config reloads.
 
 use std::{
     collections::HashMap,
@@ -34,9 +40,9 @@ use tokio::{
     sync::{Notify, Semaphore, watch},
 };
 use tower::ServiceExt as _;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::web_config::WebConfig;
+use super::web_config::{Reload, Stamp, WebConfig};
 
 /// hyper's per-connection read buffer bound (its minimum is 8 KiB).
 pub const MAX_BUF: usize = 16 * 1024;
@@ -61,15 +67,29 @@ impl Default for Limits {
     }
 }
 
-/// Counts of the server, exported as `fathom_http_*`.
+/// How often at most the web config's files are looked at for changes.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// Counts of the server, exported by [`crate::metrics::self_metrics::HttpMetrics`] as
+/// `fathom_http_*` and `fathom_web_config_*`.
 #[derive(Debug, Default)]
 pub struct HttpStats {
-    pub accepted: AtomicU64,
+    /// Accepted connections let in under the cap (possibly after an eviction).
+    pub admitted: AtomicU64,
+    /// Open connections closed at the cap to make room for a new one.
     pub evicted: AtomicU64,
+    /// Accepted connections closed at once at the cap: every open one was inside a request.
     pub refused: AtomicU64,
+    /// Admitted connections whose task has not ended yet.
     pub open: AtomicU64,
+    /// Requests answered 401 (credentials missing, malformed or wrong).
     pub auth_failures: AtomicU64,
+    /// TLS handshakes that failed or timed out (not those cut by an eviction or the stop).
     pub tls_failures: AtomicU64,
+    /// Changed web config files loaded.
+    pub web_config_reloads: AtomicU64,
+    /// Changed web config files that did not load (the previous config stayed in force).
+    pub web_config_reload_failures: AtomicU64,
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
@@ -235,6 +255,105 @@ fn unauthorized() -> Response<Body> {
     r
 }
 
+/// What connections use of the web config in force.
+struct Live {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Option<Arc<Auth>>,
+}
+
+impl Live {
+    /// `previous`: the users' check in force, kept (with its cache) when the users and
+    /// hashes are the same, as on a certificate rotation.
+    fn new(web: Option<&WebConfig>, previous: Option<&Arc<Auth>>) -> Self {
+        let tls = web
+            .and_then(|w| w.tls.clone())
+            .map(tokio_rustls::TlsAcceptor::from);
+        let auth = web.filter(|w| !w.users.is_empty()).map(|w| match previous {
+            Some(p) if p.users == w.users => p.clone(),
+            _ => Arc::new(Auth {
+                users: w.users.clone(),
+                accepted: Mutex::default(),
+                one_at_a_time: Semaphore::new(1),
+            }),
+        });
+        Live { tls, auth }
+    }
+}
+
+/// The web config in force, read again when its files change.
+struct WebWatch {
+    state: Mutex<WatchState>,
+    stats: Arc<HttpStats>,
+}
+
+struct WatchState {
+    config: Option<WebConfig>,
+    /// The files of the last load attempt, as they were then.
+    last_attempt: Stamp,
+    checked: Instant,
+    live: Arc<Live>,
+}
+
+impl WebWatch {
+    fn new(config: Option<WebConfig>, stats: Arc<HttpStats>) -> Self {
+        let live = Arc::new(Live::new(config.as_ref(), None));
+        WebWatch {
+            state: Mutex::new(WatchState {
+                last_attempt: config.as_ref().map(WebConfig::stamp).unwrap_or_default(),
+                config,
+                checked: Instant::now(),
+                live,
+            }),
+            stats,
+        }
+    }
+
+    /// The config in force, after reloading it if [`RELOAD_CHECK`] has passed since the
+    /// last look and its files changed. (A few `stat`s; the files are small and local.)
+    fn current(&self) -> Arc<Live> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *guard;
+        if st.checked.elapsed() >= RELOAD_CHECK {
+            st.checked = Instant::now();
+            if let Some(config) = &st.config {
+                match config.reload_if_changed(&mut st.last_attempt) {
+                    Reload::Unchanged => {}
+                    Reload::Reloaded(new) => {
+                        let live = Live::new(Some(&new), st.live.auth.as_ref());
+                        info!(
+                            path = %new.path().unwrap_or(std::path::Path::new("")).display(),
+                            tls = new.tls.is_some(),
+                            users = new.users.len(),
+                            "web config reloaded"
+                        );
+                        st.live = Arc::new(live);
+                        st.config = Some(*new);
+                        self.stats
+                            .web_config_reloads
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Reload::Failed(e) => {
+                        warn!(error = %e, "web config reload failed; keeping the previous one");
+                        self.stats
+                            .web_config_reload_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        st.live.clone()
+    }
+}
+
+/// How a TLS handshake ended.
+enum Handshake<S> {
+    Done(S),
+    Failed(std::io::Error),
+    TimedOut,
+    /// Evicted or stopping: not the client's failure.
+    Closed,
+}
+
 /// Serves `app` on `listener` until `stop` turns true, then closes idle connections and
 /// returns once the open requests are done (the caller bounds that wait).
 pub async fn serve(
@@ -245,17 +364,7 @@ pub async fn serve(
     stats: Arc<HttpStats>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let tls = web
-        .as_ref()
-        .and_then(|w| w.tls.clone())
-        .map(tokio_rustls::TlsAcceptor::from);
-    let auth = web.as_ref().filter(|w| !w.users.is_empty()).map(|w| {
-        Arc::new(Auth {
-            users: w.users.clone(),
-            accepted: Mutex::default(),
-            one_at_a_time: Semaphore::new(1),
-        })
-    });
+    let web = Arc::new(WebWatch::new(web, stats.clone()));
     let conns = Arc::new(Mutex::new(Conns::default()));
     let epoch = Instant::now();
     let stopping = Arc::new(Notify::new());
@@ -274,7 +383,6 @@ pub async fn serve(
                 }
             },
         };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         let last = Arc::new(AtomicU64::new(millis(epoch)));
         let busy = Arc::new(AtomicBool::new(false));
@@ -312,6 +420,7 @@ pub async fn serve(
             );
             id
         };
+        stats.admitted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
         let io = Stamped {
             inner: tcp,
@@ -320,7 +429,7 @@ pub async fn serve(
         };
         let ctx = ConnCtx {
             app: app.clone(),
-            auth: auth.clone(),
+            web: web.clone(),
             busy,
             last,
             epoch,
@@ -329,26 +438,32 @@ pub async fn serve(
             limits,
             stats: stats.clone(),
         };
-        let tls = tls.clone();
+        // The certificate of the config in force when the connection came.
+        let tls = web.current().tls.clone();
         let conns = conns.clone();
         tasks.spawn(async move {
             match tls {
                 None => ctx.run(io).await,
                 Some(acceptor) => {
                     let hs = tokio::select! {
-                        r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)) => r,
-                        _ = ctx.close.notified() => Ok(Err(std::io::Error::other("evicted"))),
+                        r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)) => match r {
+                            Ok(Ok(s)) => Handshake::Done(s),
+                            Ok(Err(e)) => Handshake::Failed(e),
+                            Err(_) => Handshake::TimedOut,
+                        },
+                        _ = ctx.close.notified() => Handshake::Closed,
                     };
                     match hs {
-                        Ok(Ok(s)) => ctx.run(s).await,
-                        Ok(Err(e)) => {
+                        Handshake::Done(s) => ctx.run(s).await,
+                        Handshake::Failed(e) => {
                             ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
                             debug!(%peer, error = %e, "TLS handshake failed");
                         }
-                        Err(_) => {
+                        Handshake::TimedOut => {
                             ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
                             debug!(%peer, "TLS handshake timed out");
                         }
+                        Handshake::Closed => debug!(%peer, "closed during the TLS handshake"),
                     }
                 }
             }
@@ -384,7 +499,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 struct ConnCtx {
     app: Router,
-    auth: Option<Arc<Auth>>,
+    web: Arc<WebWatch>,
     busy: Arc<AtomicBool>,
     last: Arc<AtomicU64>,
     epoch: Instant,
@@ -397,12 +512,14 @@ struct ConnCtx {
 impl ConnCtx {
     async fn run<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, io: I) {
         let app = self.app.clone();
-        let auth = self.auth.clone();
+        let web = self.web.clone();
         let busy = self.busy.clone();
         let stats = self.stats.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
-            let auth = auth.clone();
+            // The users of the config in force now (a kept-alive connection sees a new
+            // password as soon as a new connection would).
+            let auth = web.current().auth.clone();
             let busy = busy.clone();
             let stats = stats.clone();
             async move {

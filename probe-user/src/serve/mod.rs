@@ -76,7 +76,8 @@ pub struct ServeOptions {
     /// Drop-sample rate limit (per CPU) and burst.
     pub drop_events_per_sec: u64,
     pub drop_events_burst: u64,
-    /// TLS and basic auth (`--web.config.file`), checked at start.
+    /// TLS and basic auth (`--web.config.file`), checked at start; read again by the server
+    /// when its files change.
     pub web: Option<web_config::WebConfig>,
     /// Connection cap and timeouts; the cap is lowered to a quarter of `RLIMIT_NOFILE`.
     pub http_limits: http::Limits,
@@ -320,6 +321,11 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         Arc::new(CgroupPathLabels::detect()),
         &metrics_opts,
     );
+    // The HTTP server's own books (connections, auth and TLS failures, web config reloads).
+    metrics.register(crate::metrics::self_metrics::HttpMetrics::new(
+        http_stats.clone(),
+        limits.max_connections,
+    ));
     let metrics = Arc::new(metrics);
     let readiness = Arc::new(Readiness::default());
     let attached = kernel.attached().join(", ");
