@@ -258,6 +258,9 @@ pub struct VxlanCountKey {
     pub vni: u32,
     /// [`DIRECTION_RX`] or [`DIRECTION_TX`].
     pub direction: u32,
+    /// The namespace's cookie (0 before Linux 5.14): the inode passes to new namespaces, whose
+    /// device can have the same ifindex.
+    pub netns_cookie: u64,
 }
 
 /// `VXLAN_COUNTS` value (inner frames as the tc programs see them).

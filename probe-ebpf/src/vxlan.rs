@@ -77,9 +77,10 @@ fn stat(slot: u32) {
     }
 }
 
-/// Namespace inode of `skb->dev`, probe-read (see `crate::netns::net_inum` for the checks).
+/// Namespace inode and cookie of `skb->dev`, probe-read (see `crate::netns::net_inum` for the
+/// checks; the cookie is 0 where the kernel has none).
 #[inline(always)]
-unsafe fn skb_netns(o: &NetOffsets, skb: *const u8) -> Option<u32> {
+unsafe fn skb_netns(o: &NetOffsets, skb: *const u8) -> Option<(u32, u64)> {
     const PROC_DYNAMIC_FIRST: u32 = 0xF000_0000;
     const NET_NS_INIT_INO: u32 = 0xEFFF_FFF9;
     let dev = unsafe { read_ptr(skb, o.skb_dev) }.ok()?;
@@ -91,7 +92,15 @@ unsafe fn skb_netns(o: &NetOffsets, skb: *const u8) -> Option<u32> {
         }
     }
     let inum = unsafe { read::<u32>(net, o.net_ns_inum) }.ok()?;
-    (inum >= PROC_DYNAMIC_FIRST || inum == NET_NS_INIT_INO).then_some(inum)
+    if !(inum >= PROC_DYNAMIC_FIRST || inum == NET_NS_INIT_INO) {
+        return None;
+    }
+    let cookie = if o.net_cookie == KernelOffsets::ABSENT {
+        0
+    } else {
+        unsafe { read::<u64>(net, o.net_cookie) }.unwrap_or(0)
+    };
+    Some((inum, cookie))
 }
 
 /// Remote and VNI of an external device's packet (`skb_tunnel_info`), as a path key.
@@ -140,7 +149,7 @@ unsafe fn count(ctx: &TcContext, dir: u32) {
     let raw = ctx.skb.skb;
     let skb = raw as *const u8;
     let ifindex = unsafe { (*raw).ifindex };
-    let Some(netns) = (unsafe { skb_netns(&o, skb) }) else {
+    let Some((netns, netns_cookie)) = (unsafe { skb_netns(&o, skb) }) else {
         stat(VXLAN_STAT_NO_DEV);
         return;
     };
@@ -206,6 +215,7 @@ unsafe fn count(ctx: &TcContext, dir: u32) {
         ifindex,
         vni,
         direction: dir,
+        netns_cookie,
     };
     match VXLAN_COUNTS.get_ptr_mut(key) {
         Some(c) => unsafe {

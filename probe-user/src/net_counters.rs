@@ -138,13 +138,14 @@ pub fn vxlan_stats(ebpf: &aya::Ebpf) -> Result<VxlanStats, CountersError> {
     })
 }
 
-/// A VXLAN device and direction.
+/// A VXLAN device and direction (of the namespace with that cookie: inodes are reused).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceKey {
     pub netns: u32,
     pub ifindex: u32,
     /// `DIRECTION_RX` or `DIRECTION_TX`.
     pub direction: u32,
+    pub netns_cookie: u64,
 }
 
 /// `VXLAN_COUNTS` summed over VNIs: frames per VXLAN device and direction.
@@ -156,6 +157,7 @@ pub fn vxlan_devices(ebpf: &aya::Ebpf) -> Result<HashMap<DeviceKey, VxlanCounter
                 netns: k.netns,
                 ifindex: k.ifindex,
                 direction: k.direction,
+                netns_cookie: k.netns_cookie,
             })
             .or_default();
         e.packets += c.packets;
@@ -210,8 +212,8 @@ pub fn events_lost(ebpf: &aya::Ebpf) -> Result<Vec<u64>, CountersError> {
 }
 
 /// Deletes the keys of a gone network namespace: inode `netns` with `cookie` (every cookie
-/// when `None`) in `DROPS`, `EXPIRED` and the `LAST_DROP` slots, and — when `inode_free`, no
-/// namespace holding the inode now — its `VXLAN_COUNTS` keys, which carry no cookie. A new namespace that already reuses the inode keeps its counts.
+/// when `None`) in `DROPS`, `EXPIRED`, `VXLAN_COUNTS` and the `LAST_DROP` slots; keys without
+/// a cookie (kernels before 5.14) only when `inode_free`, no namespace holding the inode now. A new namespace that already reuses the inode keeps its counts.
 pub fn forget_netns(
     ebpf: &mut aya::Ebpf,
     netns: u32,
@@ -219,13 +221,11 @@ pub fn forget_netns(
     inode_free: bool,
 ) -> Result<usize, CountersError> {
     let of = |ns: u32, c: u64| ns == netns && cookie.is_none_or(|want| want == c);
-    let mut n = remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| of(k.netns, k.netns_cookie))?
-        + remove_keys::<ExpireKey, u64>(ebpf, "EXPIRED", |k| of(k.netns, k.netns_cookie))?;
-    if inode_free {
-        n += remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
-            k.netns == netns
+    let n = remove_keys::<DropKey, Counter>(ebpf, "DROPS", |k| of(k.netns, k.netns_cookie))?
+        + remove_keys::<ExpireKey, u64>(ebpf, "EXPIRED", |k| of(k.netns, k.netns_cookie))?
+        + remove_keys::<VxlanCountKey, VxlanCounters>(ebpf, "VXLAN_COUNTS", |k| {
+            of(k.netns, k.netns_cookie) && (k.netns_cookie != 0 || inode_free)
         })?;
-    }
     // Without cookies (kernels before 5.14) a slot still holding the namespace would flush
     // into DROPS later and bring the key back, to be counted a second time: the slot is
     // cleared, by rewriting every CPU's slot from a copy read just before (a drop counted on

@@ -588,9 +588,16 @@ impl Pipeline {
         };
         let mut out = Vec::new();
         for m in &snap.mismatches {
+            // The namespace that holds the inode now (a gone one's device may have had the
+            // same ifindex): the cookie the topology read, where it has one.
+            let cookie = snap.netns(m.netns).and_then(|n| n.cookie);
             let oversize: u64 = ifs
                 .iter()
-                .filter(|(k, _)| k.netns == m.netns && k.ifindex == m.ifindex)
+                .filter(|(k, _)| {
+                    k.netns == m.netns
+                        && k.ifindex == m.ifindex
+                        && cookie.is_none_or(|c| k.netns_cookie == 0 || k.netns_cookie == c)
+                })
                 .map(|(_, c)| c.oversize)
                 .sum();
             let last = self

@@ -341,25 +341,39 @@ impl State {
     fn track_cookies(
         &mut self,
         drops: &HashMap<DropKey, Counter>,
+        vxlan: &HashMap<VxlanCountKey, VxlanCounters>,
         listed: &ListedNetns,
         now: Instant,
-    ) -> HashMap<DropKey, Counter> {
-        let seen = self
-            .identity
-            .observe(drops.keys().map(|k| (k.netns, k.netns_cookie)), listed);
+    ) -> (
+        HashMap<DropKey, Counter>,
+        HashMap<VxlanCountKey, VxlanCounters>,
+    ) {
+        let keys = drops
+            .keys()
+            .map(|k| (k.netns, k.netns_cookie))
+            .chain(vxlan.keys().map(|k| (k.netns, k.netns_cookie)));
+        let seen = self.identity.observe(keys, listed);
         for ns in seen.reused {
             debug!(netns = ns, "namespace inode reused");
             self.forget_netns(ns, now);
         }
         self.retired = seen.retired;
-        drops
-            .iter()
-            .filter(|(k, _)| self.identity.keeps(k.netns, k.netns_cookie))
-            .map(|(k, v)| (*k, *v))
-            .collect()
+        let id = &self.identity;
+        (
+            drops
+                .iter()
+                .filter(|(k, _)| id.keeps(k.netns, k.netns_cookie))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            vxlan
+                .iter()
+                .filter(|(k, _)| id.keeps(k.netns, k.netns_cookie))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+        )
     }
 
-    /// Removes every drop-keyed series of namespace inode `ns` now.
+    /// Removes every series of namespace inode `ns` now.
     fn forget_netns(&mut self, ns: u32, now: Instant) {
         let label = netns_label(ns);
         let later = now + self.ttl;
@@ -372,6 +386,15 @@ impl State {
         self.vxlan_drops
             .store_mut()
             .expire_where(later, |(l, _), _| l.netns != label);
+        self.vxlan_packets
+            .store_mut()
+            .expire_where(later, |(l, _), _| l.netns != label);
+        self.vxlan_oversize
+            .store_mut()
+            .expire_where(later, |l, _| l.netns != label);
+        self.vxlan_folded
+            .store_mut()
+            .expire_where(later, |l, _| l.netns != label);
         self.first_seen.remove(&ns);
     }
 
@@ -462,11 +485,14 @@ impl State {
                 inode_free: true,
             });
         }
+        let of = |g: &Gone, netns: u32, cookie: u64| {
+            netns == g.netns && g.cookie.is_none_or(|c| c == cookie)
+        };
         gone.retain(|g| {
-            drops
-                .keys()
-                .any(|k| k.netns == g.netns && g.cookie.is_none_or(|c| c == k.netns_cookie))
-                || (g.inode_free && vxlan.keys().any(|k| k.netns == g.netns))
+            drops.keys().any(|k| of(g, k.netns, k.netns_cookie))
+                || vxlan.keys().any(|k| {
+                    of(g, k.netns, k.netns_cookie) && (k.netns_cookie != 0 || g.inode_free)
+                })
         });
         gone
     }
@@ -570,8 +596,9 @@ impl NetworkSeries {
         let mut labeler = NetnsLabeler::new(&*self.owners, topology, self.workload_labels);
         let listed = ListedNetns::new(topology);
         let mut state = self.lock();
-        let all_drops = drops;
-        let drops = &state.track_cookies(all_drops, &listed, now);
+        let (all_drops, all_vxlan) = (drops, vxlan);
+        let (drops, vxlan) = state.track_cookies(all_drops, all_vxlan, &listed, now);
+        let (drops, vxlan) = (&drops, &vxlan);
         let ready = state.ready(drops, vxlan, &listed, &mut labeler, now);
         state
             .vni_slots
@@ -605,7 +632,7 @@ impl NetworkSeries {
             }
         }
         state.reasm_zeros = zeros;
-        state.gone_with_keys(all_drops, vxlan, &listed, now)
+        state.gone_with_keys(all_drops, all_vxlan, &listed, now)
     }
 }
 
@@ -1245,6 +1272,7 @@ mod tests {
             ifindex,
             vni,
             direction,
+            netns_cookie: 0,
         }
     }
 
