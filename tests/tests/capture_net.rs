@@ -86,7 +86,7 @@ fn the_start_names_what_it_watches_with_an_existing_mismatch() {
         .lines()
         .find(|l| l.starts_with("fathom: watching "))
         .unwrap_or_else(|| panic!("no inventory line; stderr:\n{stderr}"));
-    assert!(ok && line.contains(&want), "{line}");
+    assert!(ok && line.contains(&want), "{line}\nstderr:\n{stderr}");
     assert!(line.contains("MTU mismatch"), "{line}");
     // At least the host's and the overlay's two namespaces.
     let n: usize = line["fathom: watching ".len()..]

@@ -705,6 +705,129 @@ fn an_ipv6_underlay_costs_70_bytes_and_is_judged_so() {
     assert_eq!(tx.oversize - before.oversize, 30, "{tx:?}");
 }
 
+/// A pair of namespaces with a mismatched point-to-point VXLAN (local/remote, MTU 1500 over
+/// 1500): (A, B, device).
+fn mismatched_pair(i: u8) -> (NetNs, NetNs, VethPair, String) {
+    let (a, b) = (NetNs::new(), NetNs::new());
+    quiet_ipv6(&[&a, &b]);
+    let v = VethPair::new(Some(&a), Some(&b));
+    v.addr_up(Side::A, &format!("10.206.{i}.1/24"));
+    v.addr_up(Side::B, &format!("10.206.{i}.2/24"));
+    let dev = "vxreuse".to_string();
+    for (ns, l, r, inner) in [(&a, ".1", ".2", ".1/24"), (&b, ".2", ".1", ".2/24")] {
+        let (l, r) = (format!("10.206.{i}{l}"), format!("10.206.{i}{r}"));
+        ns.exec_ok(&[
+            "ip", "link", "add", &dev, "type", "vxlan", "id", "79", "local", &l, "remote", &r,
+            "dstport", "4789",
+        ]);
+        ns.exec_ok(&["ip", "link", "set", &dev, "mtu", "1500", "up"]);
+        ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.207.{i}{inner}"),
+            "dev",
+            &dev,
+        ]);
+    }
+    (a, b, v, dev)
+}
+
+/// VXLAN counts of a namespace that reuses a gone one's inode (the kernel does within
+/// seconds), with a device of the same name and ifindex, start from zero: the keys carry the
+/// namespace's cookie.
+#[test]
+fn a_vxlan_device_in_a_reused_inode_does_not_inherit_counts() {
+    require_root!();
+    let cookie_of = |ns: &NetNs| {
+        fathom_tests::traffic::in_netns(ns, || {
+            fathom::net::cookie::netns_cookie_here().expect("SO_NETNS_COOKIE")
+        })
+    };
+    let count = |lab: &Lab, ns_inode: u64, ifindex: u32, cookie: u64| {
+        net_counters::vxlan_counts(&lab.l.ebpf)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| {
+                k.netns as u64 == ns_inode
+                    && k.ifindex == ifindex
+                    && k.direction == DIRECTION_TX
+                    && k.netns_cookie == cookie
+            })
+            .map(|(_, c)| c.oversize)
+            .sum::<u64>()
+    };
+    let (a, b, v, dev) = mismatched_pair(1);
+    let mut lab = Lab::new(&[&a, &b]);
+    lab.settle("the first pair", |s| !mismatch(s, &a, &dev).is_empty());
+    let (inode, ifindex, old_cookie) = (a.inode(), ifindex_in(&a, &dev), cookie_of(&a));
+    // Neighbours resolved first: frames queued behind an unresolved ARP are dropped. PROBE:
+    // the sender ignores the path MTU the VXLAN driver reports back after the first frame,
+    // so every frame is full size.
+    let sink = UdpSink::bind(&b, "10.207.1.2:5000");
+    warm_up(&a, "10.207.1.2:5000", &sink);
+    drop(sink);
+    udp_send(
+        &a,
+        "10.207.1.2:9",
+        1500 - 28,
+        20,
+        Some(libc::IP_PMTUDISC_PROBE),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(&lab, inode, ifindex, old_cookie), 20);
+    drop((v, a, b));
+    // New pairs until one reuses the inode (the topology lets go of the old namespace at
+    // its next rescan).
+    let mut reused = None;
+    for i in 2..40u8 {
+        lab.rt.block_on(lab.topo.rescan()).expect("rescan");
+        std::thread::sleep(Duration::from_millis(100));
+        let p = mismatched_pair(i);
+        if p.0.inode() == inode {
+            reused = Some((i, p));
+            break;
+        }
+    }
+    let (i, (a2, b2, _v2, dev2)) = reused.expect("no namespace reused the inode in 38 tries");
+    lab.own = [&a2, &b2].iter().map(|n| n.inode() as u32).collect();
+    lab.settle("the pair on the reused inode", |s| {
+        !mismatch(s, &a2, &dev2).is_empty()
+    });
+    let (ifindex2, new_cookie) = (ifindex_in(&a2, &dev2), cookie_of(&a2));
+    assert_eq!(
+        ifindex2, ifindex,
+        "the same ifindex, or the test proves nothing"
+    );
+    assert_ne!(new_cookie, old_cookie);
+    let sink = UdpSink::bind(&b2, &format!("10.207.{i}.2:5000"));
+    warm_up(&a2, &format!("10.207.{i}.2:5000"), &sink);
+    drop(sink);
+    udp_send(
+        &a2,
+        &format!("10.207.{i}.2:9"),
+        1500 - 28,
+        5,
+        Some(libc::IP_PMTUDISC_PROBE),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let keys: Vec<_> = net_counters::vxlan_counts(&lab.l.ebpf)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.netns as u64 == inode)
+        .collect();
+    assert_eq!(
+        count(&lab, inode, ifindex, new_cookie),
+        5,
+        "the new namespace's own (cookies {old_cookie} -> {new_cookie}): {keys:?}"
+    );
+    assert_eq!(
+        count(&lab, inode, ifindex, old_cookie),
+        20,
+        "the gone one's, apart"
+    );
+}
+
 /// Issue 11's mechanism: the VXLAN programs run only for frames that cross a VXLAN device.
 /// Healthy UDP over a plain veth between two namespaces leaves their run counts unchanged,
 /// while frames through the overlay are counted one for one.

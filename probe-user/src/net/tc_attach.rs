@@ -79,6 +79,9 @@ pub enum TcAttachError {
 #[derive(Debug)]
 struct Attached {
     name: String,
+    /// The namespace's cookie when attached (`None` when unknown): a device in a namespace
+    /// that reused the inode can have the same ifindex and name, and needs programs of its own.
+    cookie: Option<u64>,
     egress: Option<SchedClassifierLinkId>,
     ingress: Option<SchedClassifierLinkId>,
 }
@@ -132,6 +135,7 @@ impl VxlanHooks {
         // frame as "unknown device".
         net_counters::set_vxlan_devices(ebpf, &net_counters::vxlan_map_from(&entries))?;
         net_counters::set_vxlan_paths(ebpf, &net_counters::vxlan_paths_from(&entries))?;
+        let cookie = |ns: NetnsInode| snap.netns(ns).and_then(|n| n.cookie);
         let want: HashMap<(NetnsInode, u32), &str> = snap
             .vxlans
             .iter()
@@ -140,7 +144,10 @@ impl VxlanHooks {
         let gone: Vec<_> = self
             .attached
             .iter()
-            .filter(|(k, a)| want.get(k).is_none_or(|n| *n != a.name))
+            .filter(|(k, a)| {
+                want.get(k).is_none_or(|n| *n != a.name)
+                    || matches!((a.cookie, cookie(k.0)), (Some(was), Some(now)) if was != now)
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in gone {
@@ -157,7 +164,8 @@ impl VxlanHooks {
                 continue;
             };
             match self.attach(ebpf, &h, k.1, name) {
-                Ok(a) => {
+                Ok(mut a) => {
+                    a.cookie = cookie(k.0);
                     if !self.announced {
                         self.announced = true;
                         info!(
@@ -195,6 +203,7 @@ impl VxlanHooks {
         let mode = self.mode;
         let mut out = Attached {
             name: name.to_string(),
+            cookie: None,
             egress: None,
             ingress: None,
         };

@@ -567,6 +567,14 @@ impl Refresher {
         full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paths = tokio::time::interval(cfg.vxlan_paths_every);
         paths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first snapshot is published only once every namespace has been discovered and
+        // dumped: all three intervals tick at once at the start, and `select!` picks at
+        // random, so a path refresh could publish first — generation 1 with no namespace,
+        // which `ready()` took for the first scan (a capture then named no device: `if1`, and
+        // its start listed 0 namespaces).
+        rescan.tick().await;
+        self.rediscover().await;
+        self.publish();
         loop {
             tokio::select! {
                 _ = rescan.tick() => self.rediscover().await,
