@@ -109,13 +109,6 @@ impl NetnsIdentity {
                     let old = h.current;
                     h.retire(old);
                     out.reused.push(ns);
-                    if cookies.contains(&old) {
-                        out.retired.push(Gone {
-                            netns: ns,
-                            cookie: Some(old),
-                            inode_free: false,
-                        });
-                    }
                 }
                 h.retired.retain(|c| *c != holder);
                 h.current = holder;
@@ -123,20 +116,15 @@ impl NetnsIdentity {
             for c in fresh.iter().copied().filter(|c| *c != holder) {
                 h.retire(c);
             }
-            // Every retired cookie still in the maps goes again: a per-CPU last-key slot
-            // flushes a gone namespace's key back into `DROPS` when its CPU next drops.
+            // Every retired cookie still in the maps goes (again, for one retired earlier: a
+            // per-CPU last-key slot flushes a gone namespace's key back into `DROPS` when its
+            // CPU next drops).
             for &c in cookies.iter().filter(|c| h.retired.contains(c)) {
-                if !out
-                    .retired
-                    .iter()
-                    .any(|g| g.netns == ns && g.cookie == Some(c))
-                {
-                    out.retired.push(Gone {
-                        netns: ns,
-                        cookie: Some(c),
-                        inode_free: false,
-                    });
-                }
+                out.retired.push(Gone {
+                    netns: ns,
+                    cookie: Some(c),
+                    inode_free: false,
+                });
             }
         }
         out
@@ -151,8 +139,8 @@ impl NetnsIdentity {
                 .is_none_or(|h| !h.retired.contains(&cookie))
     }
 
-    /// Whether the topology listed the inode before (under any cookie) and the namespace it
-    /// listed is gone now.
+    /// Whether the topology has listed the inode (under any cookie) and [`Self::gone`] has not
+    /// yet found that namespace gone.
     pub fn was_listed(&self, netns: u32) -> bool {
         self.listed_before.contains_key(&netns)
     }
